@@ -1,0 +1,52 @@
+"""Shared fixtures: a tiny generated image-folder data set and a tiny config."""
+
+import os
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO_ROOT)  # for `configs`
+
+from configs import cifar  # noqa: E402
+
+CLASSES = ("ant", "bee", "cat")
+IMAGE_SIZE = 12  # 12 -> pool 6 -> pool 3 -> VALID 3x3 -> 1: the CIFAR net's shape.
+
+
+def make_image_folder(root, num_train_per_class=20, num_test_per_class=4, seed=0):
+  """Writes root/{train,test}/<class>/<i>.png with class-dependent colours."""
+  rng = np.random.default_rng(seed)
+  for split, count in (("train", num_train_per_class), ("test", num_test_per_class)):
+    for label, name in enumerate(CLASSES):
+      folder = os.path.join(root, split, name)
+      os.makedirs(folder)
+      for i in range(count):
+        base = np.zeros((IMAGE_SIZE, IMAGE_SIZE, 3))
+        base[..., label] = 200
+        pixels = np.clip(base + rng.normal(0, 40, base.shape), 0, 255).astype(np.uint8)
+        Image.fromarray(pixels).save(os.path.join(folder, f"{i:04d}.png"))
+  return str(root)
+
+
+@pytest.fixture(scope="session")
+def image_folder(tmp_path_factory):
+  return make_image_folder(tmp_path_factory.mktemp("data") / "images")
+
+
+def tiny_config(data_folder, variant="wn"):
+  """The CIFAR config shrunk to seconds: width 4, 2 epochs of 6 steps."""
+  config = cifar.get_config(variant)
+  config.data.source = "folder"
+  config.data.folder = data_folder
+  config.model.width = 4
+  config.num_epochs = 2
+  config.optimizer.anneal_start_epoch = 1
+  config.batch_size = 10
+  config.init_batch_size = 20
+  config.eval_batch_size = 8
+  config.log_every_steps = 2
+  config.log_norms_every_steps = 3
+  return config

@@ -1,0 +1,181 @@
+"""Tests of the training loop, the optimizer recipe, checkpoints, and the CLI."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import REPO_ROOT, tiny_config
+from configs import cifar
+from wn_jax import layers, train
+
+
+def _read_metrics(workdir):
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return [json.loads(line) for line in f]
+
+
+@pytest.mark.parametrize("parameterization", layers.PARAMETERIZATIONS)
+def test_every_parameterization_trains(parameterization, image_folder, tmp_path):
+  config = tiny_config(image_folder, parameterization)
+  state = train.train_and_evaluate(config, str(tmp_path))
+  assert int(state.step) == 12  # 60 images / batch 10 x 2 epochs
+  epochs = [r for r in _read_metrics(tmp_path) if "test_error" in r]
+  assert [r["epoch"] for r in epochs] == [1, 2]
+  for r in epochs:
+    assert np.isfinite(r["train_loss"]) and 0 <= r["test_error"] <= 1
+  norms = [r for r in _read_metrics(tmp_path) if any(k.endswith("/v_norm") for k in r)]
+  assert bool(norms) == ("wn" in parameterization)
+  assert os.path.exists(os.path.join(tmp_path, "config.json"))
+  assert any(f.startswith("events.out.tfevents") for f in os.listdir(tmp_path))
+
+
+def test_loss_drops_on_memorisable_subset(image_folder, tmp_path):
+  config = tiny_config(image_folder, "wn")
+  config.num_epochs = 15
+  config.optimizer.anneal_start_epoch = 15
+  config.optimizer.learning_rate = 3e-3
+  config.model.dropout_rate = 0.0
+  config.model.input_noise = 0.0
+  train.train_and_evaluate(config, str(tmp_path))
+  epochs = [r for r in _read_metrics(tmp_path) if "train_loss" in r]
+  assert epochs[-1]["train_loss"] < 0.3 * epochs[0]["train_loss"], epochs
+  assert epochs[-1]["train_error"] == 0.0
+
+
+def test_learning_rate_and_b1_follow_the_recipe():
+  config = cifar.get_config()
+  steps_per_epoch = 500
+  learning_rate, b1 = train.learning_rate_and_b1(config, steps_per_epoch)
+  # Authors' code: lr * min(2 - epoch/100, 1); beta1 0.9 then 0.5 from epoch 100.
+  for epoch in (0, 99, 100, 150, 199):
+    for step in (epoch * steps_per_epoch, (epoch + 1) * steps_per_epoch - 1):
+      np.testing.assert_allclose(learning_rate(step), 1e-3 * min(2 - epoch / 100, 1),
+                                 rtol=1e-6)
+      assert float(b1(step)) == pytest.approx(0.9 if epoch < 100 else 0.5)
+  # Through the optimizer itself: the injected hyperparameters at each step.
+  tx = train.create_optimizer(config, steps_per_epoch=2)
+  params = {"w": jnp.ones(3)}
+  opt_state = tx.init(params)
+  seen = {}
+  for step in range(2 * 200):
+    seen[step // 2] = (float(opt_state.hyperparams["learning_rate"]),
+                       float(opt_state.hyperparams["b1"]))
+    _, opt_state = tx.update({"w": jnp.ones(3)}, opt_state, params)
+  for epoch in (0, 99, 100, 150, 199):
+    np.testing.assert_allclose(seen[epoch][0], 1e-3 * min(2 - epoch / 100, 1), rtol=1e-6)
+    assert seen[epoch][1] == pytest.approx(0.9 if epoch < 100 else 0.5)
+
+
+def test_adam_has_epsilon_inside_the_square_root():
+  config = cifar.get_config()
+  tx = train.create_optimizer(config, steps_per_epoch=10)
+  grad = jnp.array([1e-5, 1.0])
+  params = jnp.zeros(2)
+  updates, _ = tx.update(grad, tx.init(params), params)
+  # Step 1: m_hat = g, v_hat = g^2; code: -lr * m_hat / sqrt(v_hat + 1e-8).
+  expected = -1e-3 * grad / jnp.sqrt(grad**2 + 1e-8)
+  np.testing.assert_allclose(updates, expected, rtol=1e-5)
+
+
+def test_config_defaults_match_the_paper_recipe():
+  c = cifar.get_config()
+  assert (c.data.augment_flip, c.data.augment_max_translation) == (False, 0)
+  assert c.data.zca_regularization == 1e-5
+  assert (c.model.width, c.model.input_noise, c.model.dropout_rate) == (96, 0.15, 0.5)
+  assert (c.model.leaky_relu_slope, c.model.bn_epsilon, c.model.bn_momentum) == (0.1, 1e-6, 0.9)
+  assert (c.num_epochs, c.batch_size, c.init_batch_size) == (200, 100, 500)
+  o = c.optimizer
+  assert (o.learning_rate, o.b1, o.b1_anneal, o.b2, o.eps, o.eps_root,
+          o.anneal_start_epoch) == (1e-3, 0.9, 0.5, 0.999, 0.0, 1e-8, 100)
+  assert c.model.parameterization == "wn" and c.model.data_init
+  assert cifar.get_config("wn_mobn,quick").model.parameterization == "wn_mobn"
+
+
+def test_resume_equals_uninterrupted_run(image_folder, tmp_path):
+  config = tiny_config(image_folder, "wn_mobn")
+  uninterrupted = train.train_and_evaluate(config, str(tmp_path / "a"))
+
+  first = tiny_config(image_folder, "wn_mobn")
+  first.num_epochs = 1  # "interrupted" after the first epoch's checkpoint
+  first.optimizer.anneal_start_epoch = 1
+  workdir = str(tmp_path / "b")
+  train.train_and_evaluate(first, workdir)
+  # The resumed run must use the same config (schedule) as the full one; only
+  # num_epochs grew, so rewrite the record the way a user restarting would.
+  os.remove(os.path.join(workdir, "config.json"))
+  resumed = train.train_and_evaluate(config, workdir)
+  assert int(resumed.step) == int(uninterrupted.step) == 12
+  for a, b in zip(jax.tree.leaves(uninterrupted), jax.tree.leaves(resumed)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  assert [r["step"] for r in _read_metrics(workdir) if "test_error" in r] == [6, 12]
+
+
+def test_refuses_to_resume_with_a_different_config(image_folder, tmp_path):
+  config = tiny_config(image_folder, "wn")
+  config.num_epochs = 1
+  config.optimizer.anneal_start_epoch = 1
+  train.train_and_evaluate(config, str(tmp_path))
+  other = tiny_config(image_folder, "bn")
+  other.num_epochs = 1
+  other.optimizer.anneal_start_epoch = 1
+  with pytest.raises(ValueError, match=r"model.parameterization: saved 'wn', now 'bn'.*new --workdir"):
+    train.train_and_evaluate(other, str(tmp_path))
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("model.parameterization", "weightnorm", "valid ones are normal, wn, bn"),
+    ("optimizer.learning_rate", 0.0, "learning_rate must be positive"),
+    ("batch_size", -10, "batch_size must be positive"),
+    ("num_epochs", 0, "num_epochs must be positive"),
+    ("model.width", 0, "width must be positive"),
+    ("init_batch_size", 1, "at least 2 examples"),
+    ("data.source", "s3", "data.source must be one of"),
+])
+def test_bad_config_fails_before_compiling(key, value, message, image_folder, tmp_path):
+  config = tiny_config(image_folder)
+  section, _, name = key.rpartition(".")
+  setattr(config[section] if section else config, name, value)
+  with pytest.raises(ValueError, match=message):
+    train.validate_config(config, num_devices=1)
+
+
+def test_batch_not_divisible_by_devices():
+  with pytest.raises(ValueError, match="not divisible by the 8 devices"):
+    train.validate_config(cifar.get_config(), num_devices=8)  # 100 % 8
+
+
+def test_unknown_variant():
+  with pytest.raises(ValueError, match="Unknown config variant.*valid ones are"):
+    cifar.get_config("wn,fast")
+
+
+def test_missing_data_folder(tmp_path):
+  config = tiny_config(str(tmp_path / "nowhere"))
+  with pytest.raises(FileNotFoundError, match="nowhere"):
+    train.train_and_evaluate(config, str(tmp_path / "work"))
+
+
+def test_cli_trains_and_resumes(image_folder, tmp_path):
+  workdir = tmp_path / "cli"
+  command = [
+      sys.executable, os.path.join(REPO_ROOT, "train.py"),
+      "--config", os.path.join(REPO_ROOT, "configs/cifar.py") + ":wn_mobn,quick",
+      "--workdir", str(workdir), "--config.data.source=folder",
+      f"--config.data.folder={image_folder}", "--config.model.width=4",
+      "--config.num_epochs=1", "--config.optimizer.anneal_start_epoch=1",
+      "--config.batch_size=10", "--config.init_batch_size=20",
+      "--config.eval_batch_size=8"]
+  result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "test loss" in result.stderr
+  assert json.load(open(workdir / "config.json"))["model"]["parameterization"] == "wn_mobn"
+  # The same command again finds the finished run and resumes from it.
+  result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "Resumed from the checkpoint at step 6" in result.stderr

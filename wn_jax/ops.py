@@ -1,0 +1,231 @@
+"""2-D convolution with an optional per-tap matmul weight gradient.
+
+`conv2d(..., weight_grad="per_tap")` computes the same function and the
+same gradients as `lax.conv_general_dilated`, but its kernel gradient is
+built from kh * kw matmuls instead of XLA's weight-gradient convolution.
+
+Why: on XLA:CPU the forward and input-gradient convolutions of a 3x3
+96->96 conv (32x32, batch 100) take about 72 ms each, while the
+weight-gradient convolution takes 310-330 ms. XLA emits that one as a
+convolution with the batch as its contraction axis, the whole 32x32 output
+gradient as its window and a 3x3 output (`window={size=32x32}`,
+`f32[96,3,3,96]` in the optimized HLO), a shape Eigen's spatial
+convolution, built for small windows and large outputs, handles poorly.
+The same sums written as kh * kw plain `dot`s go to the ordinary
+Eigen/oneDNN matmul instead and take about half the time; see
+`benchmarks/conv_weight_grad.py`. On GPU/TPU the weight-gradient
+convolution is fast, so the config keeps "xla" there; "per_tap" is pure
+lax and runs anywhere.
+"""
+
+import functools
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+WEIGHT_GRAD_MODES = ("xla", "per_tap")
+
+_DIMENSION_NUMBERS = ("NHWC", "HWIO", "NHWC")
+
+# Rows of the [rows, in] x [rows, out] contraction handled per matmul.
+# A single [in, rows] @ [rows, out] with rows ~ 1e5 and in, out ~ 100 ran
+# 1.1-1.6x slower on 2 cores than the same product split into ~32k-row
+# chunks (one batched dot, then a sum): the chunked operands stay in
+# cache. Measured for batch 100 at 32x32 (1x1 conv: 15.6 -> 9.8 ms).
+_ROWS_PER_CHUNK = 32768
+
+Padding = str | Sequence[tuple[int, int]]
+
+
+def conv2d(
+    x: jax.Array,
+    kernel: jax.Array,
+    strides: int | Sequence[int] = (1, 1),
+    padding: Padding = "SAME",
+    weight_grad: str = "xla",
+    precision: Any = None,
+    kernel_dilation: int | Sequence[int] = (1, 1),
+) -> jax.Array:
+  """2-D convolution, NHWC input and HWIO kernel.
+
+  Args:
+    x: [batch, height, width, in_features].
+    kernel: [kh, kw, in_features, out_features].
+    strides: int or (stride_h, stride_w).
+    padding: "SAME", "SAME_LOWER", "VALID", or ((lo_h, hi_h), (lo_w, hi_w))
+      (negative values crop, as in `lax.conv_general_dilated`).
+    weight_grad: "xla" differentiates `lax.conv_general_dilated` as usual;
+      "per_tap" keeps XLA's forward and input gradient but computes the
+      kernel gradient as kh * kw matmuls (fast on XLA:CPU).
+    precision: passed to `lax.conv_general_dilated` and to the matmuls.
+    kernel_dilation: int or pair; only 1 is supported with "per_tap".
+
+  Returns:
+    y: [batch, out_height, out_width, out_features], dtype of `x`.
+  """
+  if weight_grad not in WEIGHT_GRAD_MODES:
+    raise ValueError(
+        f"weight_grad must be one of {WEIGHT_GRAD_MODES}, got {weight_grad!r}.")
+  if x.ndim != 4 or kernel.ndim != 4:
+    raise ValueError(
+        "conv2d expects x [batch, height, width, in_features] and kernel "
+        f"[kh, kw, in_features, out_features]; got shapes {x.shape} and "
+        f"{kernel.shape}.")
+  if x.shape[3] != kernel.shape[2]:
+    raise ValueError(
+        f"in_features of x ({x.shape[3]}) and kernel ({kernel.shape[2]}) "
+        "differ; grouped convolutions are not supported.")
+  strides = _pair(strides, "strides")
+  dilation = _pair(kernel_dilation, "kernel_dilation")
+  pads = _explicit_padding(padding, x.shape[1:3], kernel.shape[0:2], strides,
+                           dilation)
+
+  if weight_grad == "xla":
+    return _conv(x, kernel, strides, pads, precision, dilation)
+  if dilation != (1, 1):
+    raise ValueError(
+        f"weight_grad='per_tap' does not support kernel_dilation {dilation}; "
+        "use weight_grad='xla'.")
+  return _conv_per_tap(x, kernel, strides, pads, precision)
+
+
+def _pair(value, name):
+  pair = (value, value) if isinstance(value, int) else tuple(value)
+  if len(pair) != 2 or not all(isinstance(v, int) and v >= 1 for v in pair):
+    raise ValueError(f"{name} must be a positive int or a pair of them, "
+                     f"got {value!r}.")
+  return pair
+
+
+def _explicit_padding(padding, in_hw, kernel_hw, strides, dilation):
+  """Returns ((lo_h, hi_h), (lo_w, hi_w)) as a hashable tuple of ints."""
+  if isinstance(padding, str):
+    if padding.upper() not in ("SAME", "SAME_LOWER", "VALID"):
+      raise ValueError("padding must be 'SAME', 'SAME_LOWER', 'VALID' or "
+                       f"((lo_h, hi_h), (lo_w, hi_w)), got {padding!r}.")
+    dilated = [(k - 1) * d + 1 for k, d in zip(kernel_hw, dilation)]
+    return tuple(tuple(p) for p in lax.padtype_to_pads(
+        in_hw, dilated, strides, padding))
+  try:
+    pads = tuple((int(lo), int(hi)) for lo, hi in padding)
+  except (TypeError, ValueError):
+    pads = ()
+  if len(pads) != 2:
+    raise ValueError("padding must be 'SAME', 'SAME_LOWER', 'VALID' or "
+                     f"((lo_h, hi_h), (lo_w, hi_w)), got {padding!r}.")
+  return pads
+
+
+def _conv(x, kernel, strides, pads, precision, dilation=(1, 1)):
+  return lax.conv_general_dilated(
+      x, kernel, window_strides=strides, padding=pads,
+      rhs_dilation=dilation, dimension_numbers=_DIMENSION_NUMBERS,
+      precision=precision)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _conv_per_tap(x, kernel, strides, pads, precision):
+  return _conv(x, kernel, strides, pads, precision)
+
+
+def _conv_per_tap_fwd(x, kernel, strides, pads, precision):
+  return _conv(x, kernel, strides, pads, precision), (x, kernel)
+
+
+def _conv_per_tap_bwd(strides, pads, precision, residuals, dy):
+  x, kernel = residuals
+  # The input gradient is exactly what autodiff of the XLA conv gives (a
+  # transposed conv, as fast as the forward pass on XLA:CPU).
+  # linear_transpose, unlike jax.vjp, does not evaluate the forward conv
+  # again when this runs outside jit.
+  conv_of_x = lambda x: _conv(x, kernel, strides, pads, precision)
+  (dx,) = jax.linear_transpose(
+      conv_of_x, jax.ShapeDtypeStruct(x.shape, x.dtype))(dy)
+  dkernel = per_tap_kernel_grad(x, dy, kernel.shape[:2], strides, pads,
+                                precision)
+  return dx, dkernel.astype(kernel.dtype)
+
+
+_conv_per_tap.defvjp(_conv_per_tap_fwd, _conv_per_tap_bwd)
+
+
+def per_tap_kernel_grad(
+    x: jax.Array,
+    dy: jax.Array,
+    kernel_hw: Sequence[int],
+    strides: Sequence[int],
+    pads: Sequence[tuple[int, int]],
+    precision: Any = None,
+) -> jax.Array:
+  """Kernel gradient of a conv as one matmul per kernel tap.
+
+  dW[i, j] = patch(x_padded, i, j)^T @ dy, where patch(i, j) is the strided
+  window of the padded input that tap (i, j) sees: [batch*Ho*Wo, in].
+
+  Args:
+    x: [batch, height, width, in_features].
+    dy: [batch, out_height, out_width, out_features], cotangent of y.
+    kernel_hw: (kh, kw).
+    strides: (stride_h, stride_w).
+    pads: ((lo_h, hi_h), (lo_w, hi_w)), explicit.
+    precision: passed to the matmuls.
+
+  Returns:
+    [kh, kw, in_features, out_features] in float32 for 16-bit inputs (the
+    matmuls accumulate there), otherwise in x's dtype.
+  """
+  kh, kw = kernel_hw
+  sh, sw = strides
+  batch, _, _, in_features = x.shape
+  _, out_h, out_w, out_features = dy.shape
+  acc_dtype = jnp.promote_types(jnp.result_type(x, dy), jnp.float32)
+
+  # Pad once; every tap is then a strided slice of this one array. lax.pad
+  # (not jnp.pad) because explicit padding may be negative (a crop).
+  x_padded = lax.pad(x, jnp.zeros((), x.dtype),
+                     ((0, 0, 0), (*pads[0], 0), (*pads[1], 0), (0, 0, 0)))
+
+  rows = batch * out_h * out_w
+  if rows == 0:
+    return jnp.zeros((kh, kw, in_features, out_features), acc_dtype)
+  chunks = _num_row_chunks(rows)
+  dy_rows = dy.reshape(chunks, rows // chunks, out_features)
+  # Formulations tried for the 3x3 96->96 32x32 batch-100 case (XLA:CPU
+  # pinned to 2 cores, weight gradient alone; XLA's conv: ~340 ms):
+  #   this loop of kh*kw dots                                ~185-200 ms
+  #   one GEMM on an im2col tensor [rows, kh*kw*in]           ~265 ms
+  #   x shifted in W, dy shifted in H, one
+  #   [rows, kw*in]^T @ [rows, kh*out] GEMM                    ~210 ms
+  # The im2col tensor is kh*kw times the input and writing it costs more
+  # than the one bigger GEMM saves; the shifted variant is no faster and
+  # needs phase bookkeeping for strides. In the loop XLA folds
+  # slice(pad(x)) to x for an unpadded tap, so that one copies nothing.
+  taps = []
+  for i in range(kh):
+    for j in range(kw):
+      patch = lax.slice(
+          x_padded,
+          (0, i, j, 0),
+          (batch, i + (out_h - 1) * sh + 1, j + (out_w - 1) * sw + 1,
+           in_features),
+          (1, sh, sw, 1))
+      patch_rows = patch.reshape(chunks, rows // chunks, in_features)
+      # [chunks, rows/chunks, in]^T @ [chunks, rows/chunks, out], batched
+      # over chunks: a plain GEMM for Eigen/oneDNN, then a cheap sum.
+      per_chunk = lax.dot_general(
+          patch_rows, dy_rows, (((1,), (1,)), ((0,), (0,))),
+          precision=precision, preferred_element_type=acc_dtype)
+      taps.append(per_chunk.sum(axis=0))
+  return jnp.stack(taps).reshape(kh, kw, in_features, out_features)
+
+
+def _num_row_chunks(rows):
+  """Smallest divisor of `rows` giving chunks of at most ~_ROWS_PER_CHUNK."""
+  target = max(1, -(-rows // _ROWS_PER_CHUNK))
+  for chunks in range(target, 2 * target + 1):
+    if rows % chunks == 0:
+      return chunks
+  return 1
