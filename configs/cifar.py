@@ -11,7 +11,7 @@ Variants, comma-separated after the file name (big_vision style):
   no_data_init                        g = ||v||, b = 0 (WN) / standard init
                                       (normal, mobn) instead of the
                                       data-dependent init
-  quick                               CPU preset: width 32, 10 epochs
+  quick                               CPU preset: width 16, 10 epochs
                                       (anneal from epoch 5), see below
   augment                             flips + 2-pixel translations (NOT in
                                       the paper)
@@ -93,7 +93,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.log_norms_every_steps = 100
   config.checkpoint_every_epochs = 1
   config.keep_checkpoints = 3
-  config.distributed = False  # jax.distributed.initialize() for multi-host.
+  # Multi-host: jax.distributed.initialize(); '' / 0 / -1 = auto-detect
+  # (SLURM, TPU pods, ...), else set all three on every host.
+  config.distributed = ml_collections.ConfigDict()
+  config.distributed.enabled = False
+  config.distributed.coordinator_address = ""  # e.g. '10.0.0.1:1234'
+  config.distributed.num_processes = 0
+  config.distributed.process_id = -1
 
   if "no_data_init" in variants:
     config.model.data_init = False
@@ -101,7 +107,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.data.augment_flip = True
     config.data.augment_max_translation = 2
   if "quick" in variants:
-    config.model.width = 32
+    config.model.width = 16
     config.num_epochs = 10
     config.optimizer.anneal_start_epoch = 5
     config.log_every_steps = 50

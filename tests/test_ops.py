@@ -9,6 +9,10 @@ from jax import lax
 from wn_jax import ops
 
 DIMENSION_NUMBERS = ("NHWC", "HWIO", "NHWC")
+# Full float32 convs and matmuls, so that the comparisons below also hold on
+# GPUs, where the default precision rounds inputs to TF32 (10-bit mantissa).
+# On CPU it changes nothing; it also checks `precision` is passed through.
+HIGHEST = lax.Precision.HIGHEST
 
 # (x shape, kernel shape, strides, padding): every way the per-tap slices
 # can go wrong: padding on one side only, strides that skip the last
@@ -38,18 +42,20 @@ def _inputs(x_shape, kernel_shape, dtype=jnp.float32):
   return _normal(x_shape, 0, dtype), _normal(kernel_shape, 1, dtype)
 
 
-def _loss_fn(weight_grad, strides, padding):
+def _loss_fn(weight_grad, strides, padding, precision=HIGHEST):
   """A random linear function of y, so grad gives the VJP of a random dy."""
   def loss(x, kernel):
-    y = ops.conv2d(x, kernel, strides, padding, weight_grad=weight_grad)
+    y = ops.conv2d(x, kernel, strides, padding, weight_grad=weight_grad,
+                   precision=precision)
     c = np.random.default_rng(2).standard_normal(y.shape).astype(np.float32)
     return jnp.sum(y.astype(jnp.float32) * c)
   return loss
 
 
-def _grads(weight_grad, strides, padding):
+def _grads(weight_grad, strides, padding, precision=HIGHEST):
   """Jitted (d loss/dx, d loss/dkernel); one compile instead of per-op ones."""
-  return jax.jit(jax.grad(_loss_fn(weight_grad, strides, padding), (0, 1)))
+  return jax.jit(jax.grad(
+      _loss_fn(weight_grad, strides, padding, precision), (0, 1)))
 
 
 def _assert_close(actual, desired, rtol=1e-4):
@@ -84,9 +90,9 @@ def test_per_tap_matches_xla(name):
   x_shape, kernel_shape, strides, padding = CASES[name]
   x, kernel = _inputs(x_shape, kernel_shape)
 
-  y_xla = ops.conv2d(x, kernel, strides, padding, weight_grad="xla")
-  y_tap = ops.conv2d(x, kernel, strides, padding, weight_grad="per_tap")
-  np.testing.assert_array_equal(y_tap, y_xla)  # the same XLA conv
+  y_xla = ops.conv2d(x, kernel, strides, padding, "xla", HIGHEST)
+  y_tap = ops.conv2d(x, kernel, strides, padding, "per_tap", HIGHEST)
+  _assert_close(y_tap, y_xla, rtol=1e-6)  # the same XLA conv
 
   grads_xla = _grads("xla", strides, padding)(x, kernel)
   grads_tap = _grads("per_tap", strides, padding)(x, kernel)
@@ -102,7 +108,7 @@ def test_kernel_grad_matches_numpy(name):
   """Independent of XLA: guards against both modes sharing a padding bug."""
   x_shape, kernel_shape, strides, padding = CASES[name]
   x, kernel = _inputs(x_shape, kernel_shape)
-  conv = lambda k: ops.conv2d(x, k, strides, padding, weight_grad="per_tap")
+  conv = lambda k: ops.conv2d(x, k, strides, padding, "per_tap", HIGHEST)
   dy = _normal(jax.eval_shape(conv, kernel).shape, 3)
   (dkernel,) = jax.jit(lambda k, dy: jax.vjp(conv, k)[1](dy))(kernel, dy)
 
@@ -121,9 +127,10 @@ def test_xla_mode_is_lax_conv(name):
   x, kernel = _inputs(x_shape, kernel_shape)
   strides = (strides, strides) if isinstance(strides, int) else strides
   expected = lax.conv_general_dilated(
-      x, kernel, strides, padding, dimension_numbers=DIMENSION_NUMBERS)
-  np.testing.assert_array_equal(
-      ops.conv2d(x, kernel, strides, padding, weight_grad="xla"), expected)
+      x, kernel, strides, padding, dimension_numbers=DIMENSION_NUMBERS,
+      precision=HIGHEST)
+  _assert_close(ops.conv2d(x, kernel, strides, padding, "xla", HIGHEST),
+                expected, rtol=1e-6)
 
 
 def test_per_tap_eager_matches_jit():
@@ -141,10 +148,13 @@ def test_per_tap_eager_matches_jit():
 
 
 def test_per_tap_bfloat16():
-  """bf16 in, bf16 gradients out, close to the float32 gradients."""
+  """bf16 in, bf16 gradients out, close to the float32 gradients.
+
+  Default precision here, so the precision=None path is covered too.
+  """
   x_shape, kernel_shape, strides, padding = CASES["3x3_same"]
   x, kernel = _inputs(x_shape, kernel_shape, jnp.bfloat16)
-  grads_bf16 = _grads("per_tap", strides, padding)(x, kernel)
+  grads_bf16 = _grads("per_tap", strides, padding, precision=None)(x, kernel)
   assert grads_bf16[0].dtype == jnp.bfloat16
   assert grads_bf16[1].dtype == jnp.bfloat16
   # Reference: the same bf16 values, computed in float32 by XLA.

@@ -19,11 +19,13 @@ lax and runs anywhere.
 """
 
 import functools
+import operator
 from collections.abc import Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 WEIGHT_GRAD_MODES = ("xla", "per_tap")
@@ -59,7 +61,8 @@ def conv2d(
       (negative values crop, as in `lax.conv_general_dilated`).
     weight_grad: "xla" differentiates `lax.conv_general_dilated` as usual;
       "per_tap" keeps XLA's forward and input gradient but computes the
-      kernel gradient as kh * kw matmuls (fast on XLA:CPU).
+      kernel gradient as kh * kw matmuls (fast on XLA:CPU). It is a
+      `jax.custom_vjp`: reverse mode (grad, vjp) only, no jvp/jacfwd.
     precision: passed to `lax.conv_general_dilated` and to the matmuls.
     kernel_dilation: int or pair; only 1 is supported with "per_tap".
 
@@ -93,8 +96,12 @@ def conv2d(
 
 
 def _pair(value, name):
-  pair = (value, value) if isinstance(value, int) else tuple(value)
-  if len(pair) != 2 or not all(isinstance(v, int) and v >= 1 for v in pair):
+  values = (value, value) if np.ndim(value) == 0 else tuple(value)
+  try:
+    pair = tuple(operator.index(v) for v in values)
+  except TypeError:
+    pair = ()
+  if len(pair) != 2 or min(pair) < 1:
     raise ValueError(f"{name} must be a positive int or a pair of them, "
                      f"got {value!r}.")
   return pair

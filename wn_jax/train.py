@@ -42,7 +42,9 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 # Config keys that may change between a run and its resumption: they do not
 # change what is computed.
 RESUMABLE_KEYS = ("log_every_steps", "log_norms_every_steps", "checkpoint_every_epochs",
-                  "keep_checkpoints", "eval_batch_size", "distributed",
+                  "keep_checkpoints", "eval_batch_size", "distributed.enabled",
+                  "distributed.coordinator_address", "distributed.num_processes",
+                  "distributed.process_id",
                   "model.conv_weight_grad", "data.folder", "data.tfds_data_dir")
 CHECKPOINT_HEADROOM_FACTOR = 4  # free disk needed, in checkpoint sizes
 
@@ -306,7 +308,7 @@ def check_workdir(workdir: str, needed_bytes: int) -> None:
   """Clear errors for an unwritable workdir or a full disk, before training."""
   try:
     os.makedirs(workdir, exist_ok=True)
-    probe = os.path.join(workdir, ".write_test")
+    probe = os.path.join(workdir, f".write_test_{jax.process_index()}")
     with open(probe, "w") as f:
       f.write("ok")
     os.remove(probe)
@@ -343,6 +345,22 @@ class _MetricsLog:
 # The run.
 
 
+def initialize_distributed(distributed: ml_collections.ConfigDict) -> None:
+  """Joins a multi-host cluster with `jax.distributed.initialize` if enabled.
+
+  Each host then runs the same program; `jax.devices()` spans all hosts and
+  every host feeds its own rows of each global batch. On CPU hosts the
+  collectives go through gloo.
+  """
+  if not distributed.enabled:
+    return
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  jax.distributed.initialize(
+      coordinator_address=distributed.coordinator_address or None,
+      num_processes=distributed.num_processes or None,
+      process_id=distributed.process_id if distributed.process_id >= 0 else None)
+
+
 def initialize(config: ml_collections.ConfigDict, model: models.CifarNet,
                tx: optax.GradientTransformation, init_batch: Array,
                init_key: Array) -> TrainState:
@@ -362,8 +380,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   Resumes from the newest checkpoint in `workdir` if there is one. Returns
   the final state.
   """
-  if config.distributed:
-    jax.distributed.initialize()  # Before anything asks for devices.
+  initialize_distributed(config.distributed)  # Before anything asks for devices.
   logging.info("JAX %s, backend %s, process %d of %d, devices: %s", jax.__version__,
                jax.default_backend(), jax.process_index(), jax.process_count(),
                jax.devices())
