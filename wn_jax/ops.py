@@ -13,9 +13,10 @@ gradient as its window and a 3x3 output (`window={size=32x32}`,
 convolution, built for small windows and large outputs, handles poorly.
 The same sums written as kh * kw plain `dot`s go to the ordinary
 Eigen/oneDNN matmul instead and take about half the time; see
-`benchmarks/conv_weight_grad.py`. On GPU/TPU the weight-gradient
-convolution is fast, so the config keeps "xla" there; "per_tap" is pure
-lax and runs anywhere.
+`benchmarks/conv_weight_grad.py`. On GPUs the weight-gradient convolution
+is fast (on an H100, "per_tap" made the 3x3 weight gradient 1.4-1.8x
+slower), so the config keeps "xla" there; "per_tap" is pure lax and runs
+on any backend.
 """
 
 import functools
@@ -33,10 +34,11 @@ WEIGHT_GRAD_MODES = ("xla", "per_tap")
 _DIMENSION_NUMBERS = ("NHWC", "HWIO", "NHWC")
 
 # Rows of the [rows, in] x [rows, out] contraction handled per matmul.
-# A single [in, rows] @ [rows, out] with rows ~ 1e5 and in, out ~ 100 ran
-# 1.1-1.6x slower on 2 cores than the same product split into ~32k-row
-# chunks (one batched dot, then a sum): the chunked operands stay in
-# cache. Measured for batch 100 at 32x32 (1x1 conv: 15.6 -> 9.8 ms).
+# On 2 cores, a single [in, rows] @ [rows, out] with rows ~ 1e5 and in,
+# out ~ 100 ran up to 1.6x slower than the same product split into ~32k-row
+# chunks (one batched dot, then a sum), presumably because a chunk's
+# operands fit in cache: batch 100 at 32x32, 1x1 conv 15.6 -> 9.8 ms,
+# 3x3 96->96 ~207 -> ~183 ms; no change at 16x16 (25.6k rows, 1 chunk).
 _ROWS_PER_CHUNK = 32768
 
 Padding = str | Sequence[tuple[int, int]]
