@@ -22,7 +22,8 @@ def _table_row(table: str, name: str) -> list[str]:
 
 
 def _number(cell: str) -> float:
-  return float(cell.replace(",", "").rstrip("x"))
+  """'1,234.5', '1.000x' or '12.3 (!)' -> the number."""
+  return float(re.match(r"[\d,.]+", cell).group().replace(",", ""))
 
 
 def test_step_time_reports_every_parameterization(capsys, tmp_path):
