@@ -1,0 +1,14 @@
+"""The README's "use the layers in your own model" example runs as written."""
+
+import os
+import re
+
+from conftest import REPO_ROOT
+
+
+def test_readme_layers_example_runs(capsys):
+  with open(os.path.join(REPO_ROOT, "README.md")) as f:
+    readme = f.read()
+  example = re.search(r"## Use the layers.*?```python\n(.*?)```", readme, re.S).group(1)
+  exec(compile(example, "README.md", "exec"), {})
+  assert "'v': (3, 3, 3, 32)" in capsys.readouterr().out
