@@ -1,10 +1,13 @@
-"""Training curves of several runs, as the paper's Figure 2.
+"""Plots from saved workdirs (metrics.jsonl + config.json).
 
   python -m wn_jax.plot WORKDIR [WORKDIR ...] -o curves.png
-
-Reads each workdir's metrics.jsonl and config.json and draws training error
-(noise and dropout on) and test error (deterministic) against epoch, one
-line per run, labelled by parameterization (and seed when runs differ in it).
+      training and test error vs epoch, one line per run (paper Figure 2),
+      labelled by parameterization (and seed when runs differ in it);
+  python -m wn_jax.plot --kind norms WORKDIR [...] -o norms.png
+      mean ||v|| and mean g/||v|| of every WN layer vs step (section 2.1);
+  python -m wn_jax.plot --kind lr_sweep WORKDIR [...] -o lr.png
+      final test error vs learning rate, a line per parameterization, the
+      mean over seeds (error bars: min and max).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import os
 from collections.abc import Sequence
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -35,6 +39,81 @@ def read_run(workdir: str) -> tuple[dict, list[dict]]:
   if not epochs:
     raise ValueError(f"{metrics_path} holds no finished epoch yet.")
   return config, epochs
+
+
+def read_norms(workdir: str) -> tuple[dict, list[int], dict[str, list[float]]]:
+  """(config, steps, {'<layer>/v_norm' or '<layer>/g_over_v_norm': values})."""
+  with open(os.path.join(workdir, "config.json")) as f:
+    config = json.load(f)
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    records = [json.loads(line) for line in f if "/v_norm" in line]
+  if not records:
+    raise ValueError(f"{workdir}/metrics.jsonl has no weight-norm records: is it a "
+                     "WN run with config.log_norms_every_steps > 0?")
+  keys = [k for k in records[0] if k.endswith("_norm")]
+  return config, [r["step"] for r in records], {k: [r[k] for r in records] for k in keys}
+
+
+def plot_norms(workdirs: Sequence[str], output: str, title: str | None = None) -> None:
+  """Mean ||v|| and g/||v|| per WN layer vs step; colour = layer, style = run."""
+  fig, (ax_v, ax_scale) = plt.subplots(1, 2, figsize=(12, 4.5))
+  styles = ["-", "--", ":", "-."]
+  for run_index, workdir in enumerate(workdirs):
+    config, steps, series = read_norms(workdir)
+    layers = sorted({k.rsplit("/", 1)[0] for k in series})
+    cmap = plt.get_cmap("viridis", len(layers))
+    style = styles[run_index % len(styles)]
+    run = (f"{config['model']['parameterization']} "
+           f"lr {config['optimizer']['learning_rate']:g}")
+    for i, layer in enumerate(layers):
+      label = run if i == 0 else None
+      ax_v.plot(steps, series[f"{layer}/v_norm"], style, color=cmap(i), label=label)
+      ax_scale.plot(steps, series[f"{layer}/g_over_v_norm"], style, color=cmap(i))
+  ax_v.set_title("mean ||v|| per layer (colour: depth)")
+  ax_scale.set_title("mean g/||v|| (effective scale) per layer")
+  ax_scale.set_yscale("log")
+  for ax in (ax_v, ax_scale):
+    ax.set_xlabel("step")
+    ax.grid(alpha=0.3)
+  ax_v.legend()
+  if title:
+    fig.suptitle(title)
+  fig.tight_layout()
+  fig.savefig(output, dpi=120)
+  plt.close(fig)
+
+
+def lr_sweep_table(workdirs: Sequence[str]) -> dict[str, dict[float, list[float]]]:
+  """{parameterization: {learning rate: [final test error of each seed]}}."""
+  table: dict[str, dict[float, list[float]]] = {}
+  for workdir in workdirs:
+    config, epochs = read_run(workdir)
+    name = run_label(config, with_seed=False)
+    lr = config["optimizer"]["learning_rate"]
+    table.setdefault(name, {}).setdefault(lr, []).append(epochs[-1]["test_error"])
+  return table
+
+
+def plot_lr_sweep(workdirs: Sequence[str], output: str, title: str | None = None) -> None:
+  """Final test error vs learning rate, one line per parameterization."""
+  fig, ax = plt.subplots(figsize=(6, 4.2))
+  for name, by_lr in sorted(lr_sweep_table(workdirs).items()):
+    lrs = sorted(by_lr)
+    errors = [100 * np.asarray(by_lr[lr]) for lr in lrs]
+    means = [e.mean() for e in errors]
+    spread = [[m - e.min() for m, e in zip(means, errors)],
+              [e.max() - m for m, e in zip(means, errors)]]
+    ax.errorbar(lrs, means, yerr=spread, marker="o", capsize=3, label=name)
+  ax.set_xscale("log")
+  ax.set_xlabel("learning rate")
+  ax.set_ylabel("final test error (%)")
+  ax.grid(alpha=0.3)
+  ax.legend()
+  if title:
+    ax.set_title(title)
+  fig.tight_layout()
+  fig.savefig(output, dpi=120)
+  plt.close(fig)
 
 
 def run_label(config: dict, with_seed: bool) -> str:
@@ -72,14 +151,18 @@ def plot_runs(workdirs: Sequence[str], output: str, title: str | None = None) ->
   plt.close(fig)
 
 
+PLOTS = {"curves": plot_runs, "norms": plot_norms, "lr_sweep": plot_lr_sweep}
+
+
 def main(argv: Sequence[str] | None = None) -> None:
   parser = argparse.ArgumentParser(description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("workdirs", nargs="+")
   parser.add_argument("-o", "--output", required=True, help="PNG file to write.")
+  parser.add_argument("--kind", choices=sorted(PLOTS), default="curves")
   parser.add_argument("--title", default=None)
   args = parser.parse_args(argv)
-  plot_runs(args.workdirs, args.output, args.title)
+  PLOTS[args.kind](args.workdirs, args.output, args.title)
   print(f"wrote {args.output}")
 
 

@@ -28,7 +28,6 @@ import ml_collections
 import numpy as np
 import optax
 import orbax.checkpoint as ocp
-from clu import metric_writers
 from flax import struct
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
@@ -323,6 +322,21 @@ def check_workdir(workdir: str, needed_bytes: int) -> None:
         "another --workdir.")
 
 
+def _create_summary_writer(workdir: str):
+  """clu's TensorBoard + logging writer, or None where TensorFlow is missing.
+
+  clu imports TensorFlow; accelerator images often have only JAX, and the
+  run must still work there (metrics.jsonl always has everything).
+  """
+  try:
+    from clu import metric_writers  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    logging.warning("No TensorBoard events (%s); metrics go to metrics.jsonl.", e)
+    return None
+  return metric_writers.create_default_writer(
+      workdir, just_logging=jax.process_index() > 0, asynchronous=False)
+
+
 class _MetricsLog:
   """Appends one JSON object per line to workdir/metrics.jsonl."""
 
@@ -449,8 +463,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   norms_fn = jax.jit(weight_norm_stats, out_shardings=replicated)
   eval_batch_size = -(-config.eval_batch_size // jax.device_count()) * jax.device_count()
 
-  writer = metric_writers.create_default_writer(
-      workdir, just_logging=jax.process_index() > 0, asynchronous=False)
+  writer = _create_summary_writer(workdir)
   metrics_log = _MetricsLog(workdir, int(state.step))
   first_epoch = int(state.step) // steps_per_epoch
   last_good_checkpoint = latest
@@ -518,7 +531,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
                "epoch_time_s": train_time,
                "images_per_s": len(order) * config.batch_size / train_time}
     step = int(state.step)
-    writer.write_scalars(step, summary)
+    if writer is not None:
+      writer.write_scalars(step, summary)
     metrics_log.write(step, summary)
     logging.info("epoch %d: train loss %.4f error %.4f | test loss %.4f error %.4f "
                  "| %.0f s", epoch + 1, summary["train_loss"], summary["train_error"],
@@ -527,6 +541,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
       checkpoints.save(step, args=ocp.args.StandardSave(state))
       checkpoints.wait_until_finished()
       last_good_checkpoint = step
-  writer.flush()
+  if writer is not None:
+    writer.flush()
   checkpoints.close()
   return state

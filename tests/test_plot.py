@@ -1,0 +1,44 @@
+"""The plotting CLI draws each kind from saved workdirs."""
+
+import json
+import os
+
+import pytest
+
+from configs import cifar
+from wn_jax import plot
+
+
+def _fake_workdir(root, parameterization, lr, seed, final_error):
+  config = cifar.get_config(parameterization)
+  config.optimizer.learning_rate = lr
+  config.seed = seed
+  os.makedirs(root)
+  with open(os.path.join(root, "config.json"), "w") as f:
+    f.write(config.to_json())
+  with open(os.path.join(root, "metrics.jsonl"), "w") as f:
+    for step in (50, 100):
+      f.write(json.dumps({"step": step, "NormalizedConv_0/v_norm": 1.0 + step / 100,
+                          "NormalizedConv_0/g_over_v_norm": 1.0 / (1 + step / 100)}) + "\n")
+    for epoch, error in ((1, 0.6), (2, final_error)):
+      f.write(json.dumps({"step": 100 * epoch, "epoch": epoch, "train_error": error + 0.1,
+                          "train_loss": 1.0, "test_error": error, "test_loss": 1.0}) + "\n")
+  return str(root)
+
+
+def test_every_plot_kind_writes_a_png(tmp_path):
+  runs = [_fake_workdir(tmp_path / f"r{i}", p, lr, seed, err)
+          for i, (p, lr, seed, err) in enumerate([
+              ("wn", 1e-3, 0, 0.30), ("wn", 1e-3, 1, 0.34), ("wn", 3e-3, 0, 0.28),
+              ("normal", 1e-3, 0, 0.40)])]
+  for kind in ("curves", "norms", "lr_sweep"):
+    out = str(tmp_path / f"{kind}.png")
+    plot.main(["--kind", kind, *runs, "-o", out])
+    assert os.path.getsize(out) > 10_000
+  table = plot.lr_sweep_table(runs)
+  assert table == {"wn": {1e-3: [0.30, 0.34], 3e-3: [0.28]}, "normal": {1e-3: [0.40]}}
+
+
+def test_missing_metrics_names_the_workdir(tmp_path):
+  with pytest.raises(FileNotFoundError, match="is .* a training workdir"):
+    plot.read_run(str(tmp_path))
