@@ -1,0 +1,97 @@
+"""Launch the runs behind docs/RESULTS.md: one command per experiment.
+
+  python -m wn_jax.experiments figure2 lr_sweep init_ablation \
+      --root runs/claims --parallel 4 -- --config.data.source=folder \
+      --config.data.folder=/path/to/cifar10-jpeg
+
+Each run is `train.py --config configs/cifar.py:<parameterization>,quick`
+with its learning rate and seed, in `<root>/<parameterization>_lr<lr>_s<seed>`
+(so experiments that need the same run share it, and re-launching resumes or
+skips finished runs). Arguments after `--` go to every run. The plots are
+then drawn from the workdirs by `python -m wn_jax.plot`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Sequence
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PAPER_LEARNING_RATES = (3e-4, 1e-3, 3e-3, 1e-2, 3e-2)
+
+
+def _run(parameterization: str, lr: float, seed: int,
+         data_init: bool = True) -> tuple[str, str, float, int]:
+  variant = parameterization + ("" if data_init else ",no_data_init")
+  name = f"{parameterization}{'' if data_init else '_nodatainit'}_lr{lr:g}_s{seed}"
+  return name, variant, lr, seed
+
+
+EXPERIMENTS = {
+    # Paper Figure 2 at CPU scale: all five parameterizations, two seeds.
+    "figure2": [_run(p, 1e-3, s) for p in ("normal", "wn", "bn", "mobn", "wn_mobn")
+                for s in (0, 1)],
+    # Learning-rate robustness: final test error vs lr.
+    "lr_sweep": [_run(p, lr, 0) for p in ("normal", "wn", "wn_mobn")
+                 for lr in PAPER_LEARNING_RATES],
+    # Data-dependent init vs g = ||v|| (and normal, in figure2).
+    "init_ablation": [_run("wn", 1e-3, 0), _run("wn", 1e-3, 0, data_init=False),
+                      _run("normal", 1e-3, 0)],
+}
+
+
+def finished(workdir: str) -> bool:
+  """True if the run's metrics hold its last epoch."""
+  try:
+    with open(os.path.join(workdir, "config.json")) as f:
+      num_epochs = json.load(f)["num_epochs"]
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+      return any(json.loads(line).get("epoch") == num_epochs for line in f)
+  except (OSError, ValueError):
+    return False
+
+
+def launch(name: str, variant: str, lr: float, seed: int, root: str,
+           extra_args: Sequence[str]) -> tuple[str, int]:
+  workdir = os.path.join(root, name)
+  if finished(workdir):
+    return name, 0
+  os.makedirs(workdir, exist_ok=True)
+  command = [sys.executable, os.path.join(REPO_ROOT, "train.py"),
+             "--config", os.path.join(REPO_ROOT, "configs", "cifar.py") + f":{variant},quick",
+             "--workdir", workdir, f"--config.optimizer.learning_rate={lr}",
+             f"--config.seed={seed}", *extra_args]
+  with open(os.path.join(workdir, "train.log"), "a") as log:
+    code = subprocess.call(command, stdout=log, stderr=subprocess.STDOUT)
+  return name, code
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  argv = list(sys.argv[1:] if argv is None else argv)
+  extra = argv[argv.index("--") + 1:] if "--" in argv else []
+  argv = argv[:argv.index("--")] if "--" in argv else argv
+  parser = argparse.ArgumentParser(description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("experiments", nargs="+", choices=sorted(EXPERIMENTS))
+  parser.add_argument("--root", required=True, help="Folder for the run workdirs.")
+  parser.add_argument("--parallel", type=int, default=1, help="Runs at a time.")
+  args = parser.parse_args(argv)
+  runs = list(dict.fromkeys(r for e in args.experiments for r in EXPERIMENTS[e]))
+  failed = []
+  with concurrent.futures.ThreadPoolExecutor(args.parallel) as pool:
+    futures = [pool.submit(launch, *run, args.root, extra) for run in runs]
+    for future in concurrent.futures.as_completed(futures):
+      name, code = future.result()
+      print(f"{name}: {'done' if code == 0 else f'FAILED (exit {code})'}", flush=True)
+      if code:
+        failed.append(name)
+  return 1 if failed else 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
