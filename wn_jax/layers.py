@@ -130,8 +130,9 @@ def _weight_normalized(
   """
   features = v.shape[-1]
   v_norm = _direction_norm(v)
+  data_init = module.data_init and module.is_initializing()
 
-  if module.data_init and module.is_initializing():
+  if data_init:
     # t = v.x/||v|| on the init batch; g and b standardise it (section 2.2).
     t = linear(x, (v / v_norm).astype(module.dtype))
     mean, var = _batch_mean_and_var(t, module.axis_name)
@@ -141,8 +142,12 @@ def _weight_normalized(
     g_init, b_init = v_norm, jnp.zeros((features,), jnp.float32)
 
   g = module.param("g", lambda *_: g_init.astype(module.param_dtype), (features,))
-  w = v.astype(jnp.float32) * (g.astype(jnp.float32) / v_norm)
-  y = linear(x, w.astype(module.dtype))
+  if data_init:
+    # linear(x, g v/||v||) = g t: reuse t, so the init costs one forward pass.
+    y = t * g.astype(module.dtype)
+  else:
+    w = v.astype(jnp.float32) * (g.astype(jnp.float32) / v_norm)
+    y = linear(x, w.astype(module.dtype))
   if module.use_bias:
     b = module.param("b", lambda *_: b_init.astype(module.param_dtype), (features,))
     y = y + b.astype(module.dtype)
