@@ -66,6 +66,7 @@ def _hand_counted_forward_flops(width: int) -> float:
 @pytest.mark.parametrize("parameterization", ["normal", "wn", "bn"])
 def test_analytic_flops_match_a_hand_count(parameterization):
   import jax
+
   from configs import cifar
   from wn_jax import train
 

@@ -13,8 +13,8 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
-
 from conftest import REPO_ROOT, tiny_config
+
 from wn_jax import train
 
 

@@ -16,45 +16,44 @@ SIZE = 8
 
 
 def _write_image(path, rng, size=(SIZE, SIZE), mode="RGB"):
-    channels = {"RGB": 3, "L": 1}[mode]
-    pixels = rng.integers(0, 256, size=(size[1], size[0], channels), dtype=np.uint8)
-    Image.fromarray(pixels.squeeze(-1) if mode == "L" else pixels, mode).save(path)
-    return pixels
+  channels = {"RGB": 3, "L": 1}[mode]
+  pixels = rng.integers(0, 256, size=(size[1], size[0], channels), dtype=np.uint8)
+  Image.fromarray(pixels.squeeze(-1) if mode == "L" else pixels, mode).save(path)
+  return pixels
 
 
 def _make_folder(root, splits=("train", "test"), classes=CLASSES):
-    """Writes root/<split>/<class>/<i>.png (lossless) and returns the pixels.
+  """Writes root/<split>/<class>/<i>.png (lossless) and returns the pixels.
 
-    Returns:
-      {split: {class: [uint8 [SIZE, SIZE, 3]] in file-name order}}.
-    """
-    rng = np.random.default_rng(0)
-    written = {}
-    for split in splits:
-        written[split] = {}
-        for class_name in classes:
-            class_dir = os.path.join(root, split, class_name)
-            os.makedirs(class_dir)
-            written[split][class_name] = [
-                _write_image(os.path.join(class_dir, f"{i:02d}.png"), rng)
-                for i in range(IMAGES_PER_CLASS)
-            ]
-    return written
+  Returns:
+    {split: {class: [uint8 [SIZE, SIZE, 3]] in file-name order}}.
+  """
+  rng = np.random.default_rng(0)
+  written = {}
+  for split in splits:
+    written[split] = {}
+    for class_name in classes:
+      class_dir = os.path.join(root, split, class_name)
+      os.makedirs(class_dir)
+      written[split][class_name] = [
+        _write_image(os.path.join(class_dir, f"{i:02d}.png"), rng) for i in range(IMAGES_PER_CLASS)
+      ]
+  return written
 
 
 def _folder_config(folder, **overrides):
-    config = ml_collections.ConfigDict(
-        dict(
-            source="folder",
-            name="cifar10",
-            folder=str(folder),
-            tfds_data_dir=None,
-            train_split="train",
-            test_split="test",
-        )
+  config = ml_collections.ConfigDict(
+    dict(
+      source="folder",
+      name="cifar10",
+      folder=str(folder),
+      tfds_data_dir=None,
+      train_split="train",
+      test_split="test",
     )
-    config.update(overrides)
-    return config
+  )
+  config.update(overrides)
+  return config
 
 
 # ---------------------------------------------------------------------------
@@ -62,105 +61,105 @@ def _folder_config(folder, **overrides):
 
 
 def test_load_folder_shapes_dtypes_labels_and_pixels(tmp_path):
-    written = _make_folder(tmp_path)
-    images, labels, class_names = input_pipeline.load_folder(str(tmp_path), "train")
+  written = _make_folder(tmp_path)
+  images, labels, class_names = input_pipeline.load_folder(str(tmp_path), "train")
 
-    assert class_names == sorted(CLASSES)
-    assert images.shape == (len(CLASSES) * IMAGES_PER_CLASS, SIZE, SIZE, 3)
-    assert images.dtype == np.uint8
-    assert labels.dtype == np.int32
-    np.testing.assert_array_equal(labels, np.repeat(np.arange(3), IMAGES_PER_CLASS))
-    # Sorted classes, then sorted files: the exact pixels written (PNG is lossless).
-    expected = np.stack([p for c in sorted(CLASSES) for p in written["train"][c]])
-    np.testing.assert_array_equal(images, expected)
+  assert class_names == sorted(CLASSES)
+  assert images.shape == (len(CLASSES) * IMAGES_PER_CLASS, SIZE, SIZE, 3)
+  assert images.dtype == np.uint8
+  assert labels.dtype == np.int32
+  np.testing.assert_array_equal(labels, np.repeat(np.arange(3), IMAGES_PER_CLASS))
+  # Sorted classes, then sorted files: the exact pixels written (PNG is lossless).
+  expected = np.stack([p for c in sorted(CLASSES) for p in written["train"][c]])
+  np.testing.assert_array_equal(images, expected)
 
 
 def test_load_folder_reads_jpeg_and_grayscale_as_rgb(tmp_path):
-    rng = np.random.default_rng(1)
-    class_dir = tmp_path / "train" / "a"
-    class_dir.mkdir(parents=True)
-    gray = _write_image(str(class_dir / "0.png"), rng, mode="L")
-    _write_image(str(class_dir / "1.jpg"), rng)
-    (class_dir / ".DS_Store").write_bytes(b"not an image, but hidden")
+  rng = np.random.default_rng(1)
+  class_dir = tmp_path / "train" / "a"
+  class_dir.mkdir(parents=True)
+  gray = _write_image(str(class_dir / "0.png"), rng, mode="L")
+  _write_image(str(class_dir / "1.jpg"), rng)
+  (class_dir / ".DS_Store").write_bytes(b"not an image, but hidden")
 
-    images, labels, class_names = input_pipeline.load_folder(str(tmp_path), "train")
+  images, labels, class_names = input_pipeline.load_folder(str(tmp_path), "train")
 
-    assert images.shape == (2, SIZE, SIZE, 3)
-    np.testing.assert_array_equal(images[0], np.repeat(gray, 3, axis=-1))
-    assert class_names == ["a"]
+  assert images.shape == (2, SIZE, SIZE, 3)
+  np.testing.assert_array_equal(images[0], np.repeat(gray, 3, axis=-1))
+  assert class_names == ["a"]
 
 
 def test_load_dataset_folder_source(tmp_path):
-    _make_folder(tmp_path)
-    dataset = input_pipeline.load_dataset(_folder_config(tmp_path))
+  _make_folder(tmp_path)
+  dataset = input_pipeline.load_dataset(_folder_config(tmp_path))
 
-    assert dataset.class_names == sorted(CLASSES)
-    assert dataset.train_images.shape == (12, SIZE, SIZE, 3)
-    assert dataset.test_images.shape == (12, SIZE, SIZE, 3)
-    assert dataset.train_labels.dtype == dataset.test_labels.dtype == np.int32
+  assert dataset.class_names == sorted(CLASSES)
+  assert dataset.train_images.shape == (12, SIZE, SIZE, 3)
+  assert dataset.test_images.shape == (12, SIZE, SIZE, 3)
+  assert dataset.train_labels.dtype == dataset.test_labels.dtype == np.int32
 
 
 def test_missing_root_says_how_to_get_data(tmp_path):
-    with pytest.raises(FileNotFoundError, match=r"does not exist.*tar -xzf.*data\.folder"):
-        input_pipeline.load_folder(str(tmp_path / "nowhere"), "train")
+  with pytest.raises(FileNotFoundError, match=r"does not exist.*tar -xzf.*data\.folder"):
+    input_pipeline.load_folder(str(tmp_path / "nowhere"), "train")
 
 
 def test_missing_split_folder(tmp_path):
-    _make_folder(tmp_path, splits=("train",))
-    with pytest.raises(FileNotFoundError, match=r"Split folder .*test.* does not exist"):
-        input_pipeline.load_folder(str(tmp_path), "test")
+  _make_folder(tmp_path, splits=("train",))
+  with pytest.raises(FileNotFoundError, match=r"Split folder .*test.* does not exist"):
+    input_pipeline.load_folder(str(tmp_path), "test")
 
 
 def test_split_without_class_folders(tmp_path):
-    (tmp_path / "train").mkdir()
-    (tmp_path / "train" / "stray.png").write_bytes(b"")
-    with pytest.raises(ValueError, match="has no class folders"):
-        input_pipeline.load_folder(str(tmp_path), "train")
+  (tmp_path / "train").mkdir()
+  (tmp_path / "train" / "stray.png").write_bytes(b"")
+  with pytest.raises(ValueError, match="has no class folders"):
+    input_pipeline.load_folder(str(tmp_path), "train")
 
 
 def test_empty_class_folder_is_named(tmp_path):
-    _make_folder(tmp_path, splits=("train",))
-    (tmp_path / "train" / "empty_class").mkdir()
-    with pytest.raises(ValueError, match=r"empty_class.*has no image files"):
-        input_pipeline.load_folder(str(tmp_path), "train")
+  _make_folder(tmp_path, splits=("train",))
+  (tmp_path / "train" / "empty_class").mkdir()
+  with pytest.raises(ValueError, match=r"empty_class.*has no image files"):
+    input_pipeline.load_folder(str(tmp_path), "train")
 
 
 def test_non_image_file_is_named(tmp_path):
-    _make_folder(tmp_path, splits=("train",))
-    (tmp_path / "train" / "dog" / "notes.txt").write_text("not an image")
-    with pytest.raises(ValueError, match=r"notes\.txt.*as an image"):
-        input_pipeline.load_folder(str(tmp_path), "train")
+  _make_folder(tmp_path, splits=("train",))
+  (tmp_path / "train" / "dog" / "notes.txt").write_text("not an image")
+  with pytest.raises(ValueError, match=r"notes\.txt.*as an image"):
+    input_pipeline.load_folder(str(tmp_path), "train")
 
 
 def test_truncated_image_is_named(tmp_path):
-    _make_folder(tmp_path, splits=("train",))
-    path = tmp_path / "train" / "cat" / "00.png"
-    path.write_bytes(path.read_bytes()[:40])
-    with pytest.raises(ValueError, match=r"00\.png.*as an image"):
-        input_pipeline.load_folder(str(tmp_path), "train")
+  _make_folder(tmp_path, splits=("train",))
+  path = tmp_path / "train" / "cat" / "00.png"
+  path.write_bytes(path.read_bytes()[:40])
+  with pytest.raises(ValueError, match=r"00\.png.*as an image"):
+    input_pipeline.load_folder(str(tmp_path), "train")
 
 
 def test_mixed_sizes_name_one_file_of_each_size(tmp_path):
-    _make_folder(tmp_path, splits=("train",))
-    rng = np.random.default_rng(2)
-    _write_image(str(tmp_path / "train" / "dog" / "99.png"), rng, size=(5, 7))
-    with pytest.raises(ValueError, match="different sizes") as error:
-        input_pipeline.load_folder(str(tmp_path), "train")
-    message = str(error.value)
-    assert "(8, 8)" in message and os.path.join("airplane", "00.png") in message
-    assert "(7, 5)" in message and os.path.join("dog", "99.png") in message
+  _make_folder(tmp_path, splits=("train",))
+  rng = np.random.default_rng(2)
+  _write_image(str(tmp_path / "train" / "dog" / "99.png"), rng, size=(5, 7))
+  with pytest.raises(ValueError, match="different sizes") as error:
+    input_pipeline.load_folder(str(tmp_path), "train")
+  message = str(error.value)
+  assert "(8, 8)" in message and os.path.join("airplane", "00.png") in message
+  assert "(7, 5)" in message and os.path.join("dog", "99.png") in message
 
 
 def test_train_and_test_class_lists_must_match(tmp_path):
-    _make_folder(tmp_path / "a", splits=("train",), classes=CLASSES)
-    _make_folder(tmp_path / "a", splits=("test",), classes=CLASSES[:2])
-    with pytest.raises(ValueError, match="labels would not match"):
-        input_pipeline.load_dataset(_folder_config(tmp_path / "a"))
+  _make_folder(tmp_path / "a", splits=("train",), classes=CLASSES)
+  _make_folder(tmp_path / "a", splits=("test",), classes=CLASSES[:2])
+  with pytest.raises(ValueError, match="labels would not match"):
+    input_pipeline.load_dataset(_folder_config(tmp_path / "a"))
 
 
 def test_unknown_source_lists_valid_ones(tmp_path):
-    with pytest.raises(ValueError, match=r"'hdf5'.*'tfds', 'folder'"):
-        input_pipeline.load_dataset(_folder_config(tmp_path, source="hdf5"))
+  with pytest.raises(ValueError, match=r"'hdf5'.*'tfds', 'folder'"):
+    input_pipeline.load_dataset(_folder_config(tmp_path, source="hdf5"))
 
 
 # ---------------------------------------------------------------------------
@@ -168,37 +167,37 @@ def test_unknown_source_lists_valid_ones(tmp_path):
 
 
 def test_tfds_source_matches_folder_format(tmp_path):
-    tfds = pytest.importorskip("tensorflow_datasets")
-    _make_folder(tmp_path)
-    folder = input_pipeline.load_dataset(_folder_config(tmp_path))
-    with tfds.testing.mock_data(num_examples=6):
-        from_tfds = input_pipeline.load_dataset(_folder_config(tmp_path, source="tfds"))
+  tfds = pytest.importorskip("tensorflow_datasets")
+  _make_folder(tmp_path)
+  folder = input_pipeline.load_dataset(_folder_config(tmp_path))
+  with tfds.testing.mock_data(num_examples=6):
+    from_tfds = input_pipeline.load_dataset(_folder_config(tmp_path, source="tfds"))
 
-    for name in ("train_images", "train_labels", "test_images", "test_labels"):
-        tfds_array, folder_array = getattr(from_tfds, name), getattr(folder, name)
-        assert tfds_array.dtype == folder_array.dtype, name
-        assert tfds_array.ndim == folder_array.ndim, name
-    assert from_tfds.train_images.shape == (6, 32, 32, 3)
-    assert from_tfds.train_labels.shape == (6,)
-    assert len(from_tfds.class_names) == 10
-    assert from_tfds.train_labels.min() >= 0 and from_tfds.train_labels.max() < 10
+  for name in ("train_images", "train_labels", "test_images", "test_labels"):
+    tfds_array, folder_array = getattr(from_tfds, name), getattr(folder, name)
+    assert tfds_array.dtype == folder_array.dtype, name
+    assert tfds_array.ndim == folder_array.ndim, name
+  assert from_tfds.train_images.shape == (6, 32, 32, 3)
+  assert from_tfds.train_labels.shape == (6,)
+  assert len(from_tfds.class_names) == 10
+  assert from_tfds.train_labels.min() >= 0 and from_tfds.train_labels.max() < 10
 
 
 def test_unknown_tfds_name():
-    pytest.importorskip("tensorflow_datasets")
-    with pytest.raises(ValueError, match=r"'no_such_dataset' is not a tfds data set name"):
-        input_pipeline.load_tfds("no_such_dataset", "train", None)
+  pytest.importorskip("tensorflow_datasets")
+  with pytest.raises(ValueError, match=r"'no_such_dataset' is not a tfds data set name"):
+    input_pipeline.load_tfds("no_such_dataset", "train", None)
 
 
 def test_tfds_failure_points_to_folder_source(monkeypatch):
-    tfds = pytest.importorskip("tensorflow_datasets")
+  tfds = pytest.importorskip("tensorflow_datasets")
 
-    def offline_load(*args, **kwargs):
-        raise ConnectionError("no network")
+  def offline_load(*args, **kwargs):
+    raise ConnectionError("no network")
 
-    monkeypatch.setattr(tfds, "load", offline_load)
-    with pytest.raises(RuntimeError, match=r"(?s)no network.*--config\.data\.source=folder"):
-        input_pipeline.load_tfds("cifar10", "train", None)
+  monkeypatch.setattr(tfds, "load", offline_load)
+  with pytest.raises(RuntimeError, match=r"(?s)no network.*--config\.data\.source=folder"):
+    input_pipeline.load_tfds("cifar10", "train", None)
 
 
 # ---------------------------------------------------------------------------
@@ -206,71 +205,71 @@ def test_tfds_failure_points_to_folder_source(monkeypatch):
 
 
 def test_scale_pixels_is_the_authors_formula():
-    pixels = np.array([0, 127, 128, 255], dtype=np.uint8)
-    scaled = input_pipeline.scale_pixels(pixels)
-    assert scaled.dtype == np.float32
-    np.testing.assert_array_equal(scaled, [-127.5 / 128, -0.5 / 128, 0.5 / 128, 127.5 / 128])
+  pixels = np.array([0, 127, 128, 255], dtype=np.uint8)
+  scaled = input_pipeline.scale_pixels(pixels)
+  assert scaled.dtype == np.float32
+  np.testing.assert_array_equal(scaled, [-127.5 / 128, -0.5 / 128, 0.5 / 128, 127.5 / 128])
 
 
 def _correlated_data(num_examples=2000, dim=12, seed=0):
-    """[num_examples, dim] float32 with covariance eigenvalues in about [0.25, 9]."""
-    rng = np.random.default_rng(seed)
-    rotation, _ = np.linalg.qr(rng.normal(size=(dim, dim)))
-    mixing = np.diag(np.linspace(0.5, 3.0, dim)) @ rotation  # Correlates all features.
-    return (rng.normal(size=(num_examples, dim)) @ mixing + 3.0).astype(np.float32)
+  """[num_examples, dim] float32 with covariance eigenvalues in about [0.25, 9]."""
+  rng = np.random.default_rng(seed)
+  rotation, _ = np.linalg.qr(rng.normal(size=(dim, dim)))
+  mixing = np.diag(np.linspace(0.5, 3.0, dim)) @ rotation  # Correlates all features.
+  return (rng.normal(size=(num_examples, dim)) @ mixing + 3.0).astype(np.float32)
 
 
 def test_zca_matches_direct_recipe_computation():
-    x = _correlated_data()
-    regularization = 1e-2  # Large enough that a wrong placement would show.
-    # The authors' nn.ZCA.fit, written out: biased covariance, SVD.
-    x64 = x.astype(np.float64)
-    mean = x64.mean(axis=0)
-    sigma = (x64 - mean).T @ (x64 - mean) / x.shape[0]
-    u, s, _ = np.linalg.svd(sigma)
-    whitening = u @ np.diag(1.0 / np.sqrt(s + regularization)) @ u.T
-    expected = (x64 - mean) @ whitening
+  x = _correlated_data()
+  regularization = 1e-2  # Large enough that a wrong placement would show.
+  # The authors' nn.ZCA.fit, written out: biased covariance, SVD.
+  x64 = x.astype(np.float64)
+  mean = x64.mean(axis=0)
+  sigma = (x64 - mean).T @ (x64 - mean) / x.shape[0]
+  u, s, _ = np.linalg.svd(sigma)
+  whitening = u @ np.diag(1.0 / np.sqrt(s + regularization)) @ u.T
+  expected = (x64 - mean) @ whitening
 
-    # Small chunks exercise the chunked covariance and application.
-    zca = input_pipeline.fit_zca(x, regularization, chunk_size=300)
-    whitened = input_pipeline.apply_zca(zca, x, chunk_size=700)
+  # Small chunks exercise the chunked covariance and application.
+  zca = input_pipeline.fit_zca(x, regularization, chunk_size=300)
+  whitened = input_pipeline.apply_zca(zca, x, chunk_size=700)
 
-    np.testing.assert_allclose(zca.mean, mean, rtol=1e-12, atol=1e-12)
-    np.testing.assert_allclose(zca.whitening, whitening, rtol=1e-9, atol=1e-12)
-    assert whitened.dtype == np.float32
-    np.testing.assert_allclose(whitened, expected, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(zca.mean, mean, rtol=1e-12, atol=1e-12)
+  np.testing.assert_allclose(zca.whitening, whitening, rtol=1e-9, atol=1e-12)
+  assert whitened.dtype == np.float32
+  np.testing.assert_allclose(whitened, expected, rtol=1e-5, atol=1e-5)
 
 
 def test_zca_whitened_covariance_is_near_identity():
-    x = _correlated_data()
-    regularization = 1e-5
-    whitened = input_pipeline.apply_zca(input_pipeline.fit_zca(x, regularization), x)
+  x = _correlated_data()
+  regularization = 1e-5
+  whitened = input_pipeline.apply_zca(input_pipeline.fit_zca(x, regularization), x)
 
-    covariance = np.cov(whitened.astype(np.float64), rowvar=False, bias=True)
-    # Exactly, the whitened covariance is U diag(S / (S + reg)) U^T, so it
-    # differs from I by at most reg / (S_min + reg); float32 output adds ~1e-6.
-    centred = x.astype(np.float64) - x.mean(axis=0, dtype=np.float64)
-    smallest_eigenvalue = np.linalg.eigvalsh(centred.T @ centred / len(x)).min()
-    tolerance = regularization / (smallest_eigenvalue + regularization) + 1e-5
-    assert tolerance < 1e-3, "test data should be well conditioned"
-    np.testing.assert_allclose(covariance, np.eye(x.shape[1]), atol=tolerance)
-    np.testing.assert_allclose(whitened.mean(axis=0), 0.0, atol=1e-5)
+  covariance = np.cov(whitened.astype(np.float64), rowvar=False, bias=True)
+  # Exactly, the whitened covariance is U diag(S / (S + reg)) U^T, so it
+  # differs from I by at most reg / (S_min + reg); float32 output adds ~1e-6.
+  centred = x.astype(np.float64) - x.mean(axis=0, dtype=np.float64)
+  smallest_eigenvalue = np.linalg.eigvalsh(centred.T @ centred / len(x)).min()
+  tolerance = regularization / (smallest_eigenvalue + regularization) + 1e-5
+  assert tolerance < 1e-3, "test data should be well conditioned"
+  np.testing.assert_allclose(covariance, np.eye(x.shape[1]), atol=tolerance)
+  np.testing.assert_allclose(whitened.mean(axis=0), 0.0, atol=1e-5)
 
 
 def test_whiten_dataset_fits_on_train_and_applies_to_both(tmp_path):
-    _make_folder(tmp_path)
-    dataset = input_pipeline.load_dataset(_folder_config(tmp_path))
-    train_x, test_x = input_pipeline.whiten_dataset(dataset, regularization=1e-5)
+  _make_folder(tmp_path)
+  dataset = input_pipeline.load_dataset(_folder_config(tmp_path))
+  train_x, test_x = input_pipeline.whiten_dataset(dataset, regularization=1e-5)
 
-    assert train_x.shape == dataset.train_images.shape and train_x.dtype == np.float32
-    assert test_x.shape == dataset.test_images.shape and test_x.dtype == np.float32
-    train_flat = input_pipeline.scale_pixels(dataset.train_images).reshape(12, -1)
-    zca = input_pipeline.fit_zca(train_flat, 1e-5)
-    test_flat = input_pipeline.scale_pixels(dataset.test_images).reshape(12, -1)
-    np.testing.assert_allclose(
-        test_x.reshape(12, -1), input_pipeline.apply_zca(zca, test_flat), rtol=1e-6
-    )
-    np.testing.assert_allclose(train_x.mean(axis=0), 0.0, atol=1e-4)
+  assert train_x.shape == dataset.train_images.shape and train_x.dtype == np.float32
+  assert test_x.shape == dataset.test_images.shape and test_x.dtype == np.float32
+  train_flat = input_pipeline.scale_pixels(dataset.train_images).reshape(12, -1)
+  zca = input_pipeline.fit_zca(train_flat, 1e-5)
+  test_flat = input_pipeline.scale_pixels(dataset.test_images).reshape(12, -1)
+  np.testing.assert_allclose(
+    test_x.reshape(12, -1), input_pipeline.apply_zca(zca, test_flat), rtol=1e-6
+  )
+  np.testing.assert_allclose(train_x.mean(axis=0), 0.0, atol=1e-4)
 
 
 # ---------------------------------------------------------------------------
@@ -278,96 +277,90 @@ def test_whiten_dataset_fits_on_train_and_applies_to_both(tmp_path):
 
 
 def _ramp_images(batch=32, size=6):
-    """[batch, size, size, 2] with every value distinct, so moves are visible."""
-    return np.arange(batch * size * size * 2, dtype=np.float32).reshape(batch, size, size, 2) + 1
+  """[batch, size, size, 2] with every value distinct, so moves are visible."""
+  return np.arange(batch * size * size * 2, dtype=np.float32).reshape(batch, size, size, 2) + 1
 
 
 def test_augment_identity_when_off():
-    images = _ramp_images()
-    out = input_pipeline.augment(jax.random.key(0), images, flip=False, max_translation=0)
-    np.testing.assert_array_equal(out, images)
+  images = _ramp_images()
+  out = input_pipeline.augment(jax.random.key(0), images, flip=False, max_translation=0)
+  np.testing.assert_array_equal(out, images)
 
 
 def test_augment_shape_dtype_and_determinism():
-    images = _ramp_images().astype(np.uint8)
-    key = jax.random.key(0)
-    out = input_pipeline.augment(key, images, flip=True, max_translation=2)
-    again = input_pipeline.augment(key, images, flip=True, max_translation=2)
-    other = input_pipeline.augment(jax.random.key(1), images, flip=True, max_translation=2)
+  images = _ramp_images().astype(np.uint8)
+  key = jax.random.key(0)
+  out = input_pipeline.augment(key, images, flip=True, max_translation=2)
+  again = input_pipeline.augment(key, images, flip=True, max_translation=2)
+  other = input_pipeline.augment(jax.random.key(1), images, flip=True, max_translation=2)
 
-    assert out.shape == images.shape and out.dtype == images.dtype
-    np.testing.assert_array_equal(out, again)
-    assert not np.array_equal(out, other)
+  assert out.shape == images.shape and out.dtype == images.dtype
+  np.testing.assert_array_equal(out, again)
+  assert not np.array_equal(out, other)
 
 
 def test_flip_mirrors_some_images_and_keeps_others():
-    images = _ramp_images()
-    out = np.asarray(
-        input_pipeline.augment(jax.random.key(3), images, flip=True, max_translation=0)
-    )
-    mirrored = np.array([np.array_equal(o, i[:, ::-1]) for o, i in zip(out, images)])
-    kept = np.array([np.array_equal(o, i) for o, i in zip(out, images)])
-    assert np.all(mirrored | kept)
-    assert 0 < mirrored.sum() < len(images)  # Any key fails this with P = 2 * 2**-32.
+  images = _ramp_images()
+  out = np.asarray(input_pipeline.augment(jax.random.key(3), images, flip=True, max_translation=0))
+  mirrored = np.array([np.array_equal(o, i[:, ::-1]) for o, i in zip(out, images)])
+  kept = np.array([np.array_equal(o, i) for o, i in zip(out, images)])
+  assert np.all(mirrored | kept)
+  assert 0 < mirrored.sum() < len(images)  # Any key fails this with P = 2 * 2**-32.
 
 
 def test_translation_is_a_zero_padded_shift_within_bounds():
-    max_translation = 2
-    images = _ramp_images()
-    size = images.shape[1]
-    out = np.asarray(
-        input_pipeline.augment(
-            jax.random.key(4), images, flip=False, max_translation=max_translation
-        )
-    )
-    shifts = set()
-    for image, moved in zip(images, out):
-        # Find the shift (dy, dx) with moved[i, j] == image[i + dy, j + dx].
-        matches = []
-        for dy in range(-max_translation, max_translation + 1):
-            for dx in range(-max_translation, max_translation + 1):
-                pad = max_translation
-                padded = np.pad(image, ((pad, pad), (pad, pad), (0, 0)))
-                window = padded[pad + dy : pad + dy + size, pad + dx : pad + dx + size]
-                if np.array_equal(moved, window):
-                    matches.append((dy, dx))
-        assert len(matches) == 1
-        shifts.add(matches[0])
-    # Independent per image and per axis: 32 draws from 25 shifts give ~18
-    # distinct ones, and dy == dx throughout would mean one draw for both axes.
-    assert len(shifts) >= 10
-    assert any(dy != dx for dy, dx in shifts)
+  max_translation = 2
+  images = _ramp_images()
+  size = images.shape[1]
+  out = np.asarray(
+    input_pipeline.augment(jax.random.key(4), images, flip=False, max_translation=max_translation)
+  )
+  shifts = set()
+  for image, moved in zip(images, out):
+    # Find the shift (dy, dx) with moved[i, j] == image[i + dy, j + dx].
+    matches = []
+    for dy in range(-max_translation, max_translation + 1):
+      for dx in range(-max_translation, max_translation + 1):
+        pad = max_translation
+        padded = np.pad(image, ((pad, pad), (pad, pad), (0, 0)))
+        window = padded[pad + dy : pad + dy + size, pad + dx : pad + dx + size]
+        if np.array_equal(moved, window):
+          matches.append((dy, dx))
+    assert len(matches) == 1
+    shifts.add(matches[0])
+  # Independent per image and per axis: 32 draws from 25 shifts give ~18
+  # distinct ones, and dy == dx throughout would mean one draw for both axes.
+  assert len(shifts) >= 10
+  assert any(dy != dx for dy, dx in shifts)
 
 
 def test_augment_runs_inside_jit():
-    images = _ramp_images()
+  images = _ramp_images()
 
-    @jax.jit
-    def step(key, x):
-        return input_pipeline.augment(key, x, flip=True, max_translation=1).sum(axis=(1, 2, 3))
+  @jax.jit
+  def step(key, x):
+    return input_pipeline.augment(key, x, flip=True, max_translation=1).sum(axis=(1, 2, 3))
 
-    key = jax.random.key(5)
-    np.testing.assert_allclose(
-        step(key, images),
-        input_pipeline.augment(key, images, flip=True, max_translation=1).sum(axis=(1, 2, 3)),
-    )
+  key = jax.random.key(5)
+  np.testing.assert_allclose(
+    step(key, images),
+    input_pipeline.augment(key, images, flip=True, max_translation=1).sum(axis=(1, 2, 3)),
+  )
 
 
 def test_epoch_permutation_reproducible_and_new_each_epoch():
-    first = input_pipeline.epoch_permutation(seed=0, epoch=0, num_examples=100)
-    np.testing.assert_array_equal(np.sort(first), np.arange(100))
-    np.testing.assert_array_equal(first, input_pipeline.epoch_permutation(0, 0, 100))
-    assert not np.array_equal(first, input_pipeline.epoch_permutation(0, 1, 100))
-    assert not np.array_equal(first, input_pipeline.epoch_permutation(1, 0, 100))
+  first = input_pipeline.epoch_permutation(seed=0, epoch=0, num_examples=100)
+  np.testing.assert_array_equal(np.sort(first), np.arange(100))
+  np.testing.assert_array_equal(first, input_pipeline.epoch_permutation(0, 0, 100))
+  assert not np.array_equal(first, input_pipeline.epoch_permutation(0, 1, 100))
+  assert not np.array_equal(first, input_pipeline.epoch_permutation(1, 0, 100))
 
 
 def test_num_batches_and_batch_indices_drop_incomplete_batch():
-    assert input_pipeline.num_batches(50_000, 100, drop_remainder=True) == 500
-    assert input_pipeline.num_batches(105, 10, drop_remainder=True) == 10
-    assert input_pipeline.num_batches(105, 10, drop_remainder=False) == 11
+  assert input_pipeline.num_batches(50_000, 100, drop_remainder=True) == 500
+  assert input_pipeline.num_batches(105, 10, drop_remainder=True) == 10
+  assert input_pipeline.num_batches(105, 10, drop_remainder=False) == 11
 
-    indices = input_pipeline.batch_indices(seed=0, epoch=2, num_examples=105, batch_size=10)
-    assert indices.shape == (10, 10)
-    np.testing.assert_array_equal(
-        indices.ravel(), input_pipeline.epoch_permutation(0, 2, 105)[:100]
-    )
+  indices = input_pipeline.batch_indices(seed=0, epoch=2, num_examples=105, batch_size=10)
+  assert indices.shape == (10, 10)
+  np.testing.assert_array_equal(indices.ravel(), input_pipeline.epoch_permutation(0, 2, 105)[:100])

@@ -15,8 +15,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 from conftest import REPO_ROOT, tiny_config
+
 from wn_jax import train
 
 # Trains the tiny config in a fresh process and saves the final variables.

@@ -9,8 +9,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 from conftest import REPO_ROOT, tiny_config
+
 from configs import cifar
 from wn_jax import layers, train
 

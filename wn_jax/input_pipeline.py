@@ -50,42 +50,42 @@ _TFDS_READ_BATCH = 10_000
 # How to get data when the expected folder or tfds download is not available;
 # appended to the error messages below.
 _FOLDER_HINT = (
-    "Expected the layout " + FOLDER_LAYOUT + " (e.g. <folder>/train/airplane/"
-    "0000.jpg). Extract the image tarball (e.g. `tar -xzf cifar10-jpeg.tar.gz "
-    "-C <dir>`) and pass --config.data.source=folder "
-    "--config.data.folder=<dir>/cifar10-jpeg, or use --config.data.source=tfds "
-    "on a machine that can download."
+  "Expected the layout " + FOLDER_LAYOUT + " (e.g. <folder>/train/airplane/"
+  "0000.jpg). Extract the image tarball (e.g. `tar -xzf cifar10-jpeg.tar.gz "
+  "-C <dir>`) and pass --config.data.source=folder "
+  "--config.data.folder=<dir>/cifar10-jpeg, or use --config.data.source=tfds "
+  "on a machine that can download."
 )
 
 
 class Dataset(NamedTuple):
-    """A labelled train/test data set held in memory.
+  """A labelled train/test data set held in memory.
 
-    Attributes:
-      train_images: uint8 [num_train, height, width, 3].
-      train_labels: int32 [num_train], values in [0, len(class_names)).
-      test_images: uint8 [num_test, height, width, 3].
-      test_labels: int32 [num_test].
-      class_names: label index -> class name.
-    """
+  Attributes:
+    train_images: uint8 [num_train, height, width, 3].
+    train_labels: int32 [num_train], values in [0, len(class_names)).
+    test_images: uint8 [num_test, height, width, 3].
+    test_labels: int32 [num_test].
+    class_names: label index -> class name.
+  """
 
-    train_images: np.ndarray
-    train_labels: np.ndarray
-    test_images: np.ndarray
-    test_labels: np.ndarray
-    class_names: list[str]
+  train_images: np.ndarray
+  train_labels: np.ndarray
+  test_images: np.ndarray
+  test_labels: np.ndarray
+  class_names: list[str]
 
 
 class ZCA(NamedTuple):
-    """A fitted ZCA whitening transform, applied as `(x - mean) @ whitening`.
+  """A fitted ZCA whitening transform, applied as `(x - mean) @ whitening`.
 
-    Attributes:
-      mean: float64 [dim], the per-feature mean of the fitting data.
-      whitening: float64 [dim, dim], symmetric `U diag(1/sqrt(S + reg)) U^T`.
-    """
+  Attributes:
+    mean: float64 [dim], the per-feature mean of the fitting data.
+    whitening: float64 [dim, dim], symmetric `U diag(1/sqrt(S + reg)) U^T`.
+  """
 
-    mean: np.ndarray
-    whitening: np.ndarray
+  mean: np.ndarray
+  whitening: np.ndarray
 
 
 # ---------------------------------------------------------------------------
@@ -93,217 +93,206 @@ class ZCA(NamedTuple):
 
 
 def _visible_entries(path: str) -> list[str]:
-    """Sorted names in `path`, skipping hidden ones (`.DS_Store`, `._x.jpg`)."""
-    return sorted(name for name in os.listdir(path) if not name.startswith("."))
+  """Sorted names in `path`, skipping hidden ones (`.DS_Store`, `._x.jpg`)."""
+  return sorted(name for name in os.listdir(path) if not name.startswith("."))
 
 
 def _read_rgb(path: str) -> np.ndarray:
-    """Decodes one image file to uint8 [height, width, 3]."""
-    try:
-        with Image.open(path) as image:
-            return np.asarray(image.convert("RGB"), dtype=np.uint8)
-    except (OSError, ValueError, SyntaxError) as e:
-        # PIL raises UnidentifiedImageError (an OSError) for non-images and
-        # OSError / SyntaxError / ValueError for truncated or corrupt files.
-        raise ValueError(
-            f"Could not read {path!r} as an image: {type(e).__name__}: {e}"
-        ) from e
+  """Decodes one image file to uint8 [height, width, 3]."""
+  try:
+    with Image.open(path) as image:
+      return np.asarray(image.convert("RGB"), dtype=np.uint8)
+  except (OSError, ValueError, SyntaxError) as e:
+    # PIL raises UnidentifiedImageError (an OSError) for non-images and
+    # OSError / SyntaxError / ValueError for truncated or corrupt files.
+    raise ValueError(f"Could not read {path!r} as an image: {type(e).__name__}: {e}") from e
 
 
 def _list_split(root: str, split: str) -> tuple[list[str], list[str], list[int]]:
-    """Finds the image files of one split: (class_names, paths, labels)."""
-    if not os.path.isdir(root):
-        raise FileNotFoundError(
-            f"Data folder {root!r} does not exist. {_FOLDER_HINT}"
-        )
-    split_dir = os.path.join(root, split)
-    if not os.path.isdir(split_dir):
-        raise FileNotFoundError(
-            f"Split folder {split_dir!r} does not exist (data folder {root!r} "
-            f"contains {_visible_entries(root)}). {_FOLDER_HINT}"
-        )
-    class_names = [
-        name
-        for name in _visible_entries(split_dir)
-        if os.path.isdir(os.path.join(split_dir, name))
+  """Finds the image files of one split: (class_names, paths, labels)."""
+  if not os.path.isdir(root):
+    raise FileNotFoundError(f"Data folder {root!r} does not exist. {_FOLDER_HINT}")
+  split_dir = os.path.join(root, split)
+  if not os.path.isdir(split_dir):
+    raise FileNotFoundError(
+      f"Split folder {split_dir!r} does not exist (data folder {root!r} "
+      f"contains {_visible_entries(root)}). {_FOLDER_HINT}"
+    )
+  class_names = [
+    name for name in _visible_entries(split_dir) if os.path.isdir(os.path.join(split_dir, name))
+  ]
+  if not class_names:
+    raise ValueError(f"Split folder {split_dir!r} has no class folders. {_FOLDER_HINT}")
+  paths, labels = [], []
+  for label, class_name in enumerate(class_names):
+    class_dir = os.path.join(split_dir, class_name)
+    files = [
+      os.path.join(class_dir, name)
+      for name in _visible_entries(class_dir)
+      if os.path.isfile(os.path.join(class_dir, name))
     ]
-    if not class_names:
-        raise ValueError(
-            f"Split folder {split_dir!r} has no class folders. {_FOLDER_HINT}"
-        )
-    paths, labels = [], []
-    for label, class_name in enumerate(class_names):
-        class_dir = os.path.join(split_dir, class_name)
-        files = [
-            os.path.join(class_dir, name)
-            for name in _visible_entries(class_dir)
-            if os.path.isfile(os.path.join(class_dir, name))
-        ]
-        if not files:
-            raise ValueError(
-                f"Class folder {class_dir!r} (class {class_name!r}) has no "
-                f"image files. {_FOLDER_HINT}"
-            )
-        paths.extend(files)
-        labels.extend([label] * len(files))
-    return class_names, paths, labels
+    if not files:
+      raise ValueError(
+        f"Class folder {class_dir!r} (class {class_name!r}) has no image files. {_FOLDER_HINT}"
+      )
+    paths.extend(files)
+    labels.extend([label] * len(files))
+  return class_names, paths, labels
 
 
 def load_folder(
-    root: str, split: str, *, num_threads: int | None = None
+  root: str, split: str, *, num_threads: int | None = None
 ) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """Reads `root/<split>/<class name>/<image file>` into memory.
+  """Reads `root/<split>/<class name>/<image file>` into memory.
 
-    Class folders sorted alphabetically give the label indices; files within a
-    class are read in sorted order, so the result is deterministic. Images are
-    converted to RGB and must all have the same size. Hidden files and
-    folders (names starting with '.') are skipped.
+  Class folders sorted alphabetically give the label indices; files within a
+  class are read in sorted order, so the result is deterministic. Images are
+  converted to RGB and must all have the same size. Hidden files and
+  folders (names starting with '.') are skipped.
 
-    Args:
-      root: the data folder.
-      split: the split's subfolder, e.g. 'train' or 'test'.
-      num_threads: decoding threads (Pillow releases the GIL while decoding);
-        None lets the thread pool choose.
+  Args:
+    root: the data folder.
+    split: the split's subfolder, e.g. 'train' or 'test'.
+    num_threads: decoding threads (Pillow releases the GIL while decoding);
+      None lets the thread pool choose.
 
-    Returns:
-      images: uint8 [num_examples, height, width, 3].
-      labels: int32 [num_examples].
-      class_names: [num_classes], label index -> class folder name.
+  Returns:
+    images: uint8 [num_examples, height, width, 3].
+    labels: int32 [num_examples].
+    class_names: [num_classes], label index -> class folder name.
 
-    Raises:
-      FileNotFoundError: `root` or `root/split` does not exist.
-      ValueError: no class folders, an empty class folder, a file that is not
-        a readable image, or images of different sizes.
-    """
-    class_names, paths, labels = _list_split(root, split)
-    first = _read_rgb(paths[0])
-    images = np.empty((len(paths),) + first.shape, dtype=np.uint8)
+  Raises:
+    FileNotFoundError: `root` or `root/split` does not exist.
+    ValueError: no class folders, an empty class folder, a file that is not
+      a readable image, or images of different sizes.
+  """
+  class_names, paths, labels = _list_split(root, split)
+  first = _read_rgb(paths[0])
+  images = np.empty((len(paths),) + first.shape, dtype=np.uint8)
 
-    def read_into(index: int) -> tuple[int, ...] | None:
-        # Writing straight into `images` keeps peak memory at one copy.
-        image = _read_rgb(paths[index])
-        if image.shape != first.shape:
-            return image.shape
-        images[index] = image
-        return None
+  def read_into(index: int) -> tuple[int, ...] | None:
+    # Writing straight into `images` keeps peak memory at one copy.
+    image = _read_rgb(paths[index])
+    if image.shape != first.shape:
+      return image.shape
+    images[index] = image
+    return None
 
-    with concurrent.futures.ThreadPoolExecutor(num_threads) as pool:
-        shapes = list(pool.map(read_into, range(len(paths)), chunksize=256))
+  with concurrent.futures.ThreadPoolExecutor(num_threads) as pool:
+    shapes = list(pool.map(read_into, range(len(paths)), chunksize=256))
 
-    odd = {}  # shape -> first file of that shape
-    for path, shape in zip(paths, shapes):
-        if shape is not None:
-            odd.setdefault(shape, path)
-    if odd:
-        examples = [f"{first.shape[:2]}: {paths[0]!r}"] + [
-            f"{shape[:2]}: {path!r}" for shape, path in odd.items()
-        ]
-        raise ValueError(
-            f"Images in {os.path.join(root, split)!r} have different sizes "
-            "(height, width); one file of each size: " + "; ".join(examples)
-        )
-    return images, np.asarray(labels, dtype=np.int32), class_names
+  odd = {}  # shape -> first file of that shape
+  for path, shape in zip(paths, shapes):
+    if shape is not None:
+      odd.setdefault(shape, path)
+  if odd:
+    examples = [f"{first.shape[:2]}: {paths[0]!r}"] + [
+      f"{shape[:2]}: {path!r}" for shape, path in odd.items()
+    ]
+    raise ValueError(
+      f"Images in {os.path.join(root, split)!r} have different sizes "
+      "(height, width); one file of each size: " + "; ".join(examples)
+    )
+  return images, np.asarray(labels, dtype=np.int32), class_names
 
 
 def load_tfds(
-    name: str, split: str, data_dir: str | None
+  name: str, split: str, data_dir: str | None
 ) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """Loads a whole TensorFlow Datasets split into memory.
+  """Loads a whole TensorFlow Datasets split into memory.
 
-    Uses `tfds.load(name, split=split, data_dir=data_dir, as_supervised=True)`
-    (which downloads and prepares the data set on first use) and reads it out
-    in large batches. This is what `batch_size=-1` does, except that tfds
-    4.9 turns `batch_size=-1` into `padded_batch(sys.maxsize)` when the
-    split's size is not recorded (as under `tfds.testing.mock_data`), which
-    aborts the process in TF 2.21.
+  Uses `tfds.load(name, split=split, data_dir=data_dir, as_supervised=True)`
+  (which downloads and prepares the data set on first use) and reads it out
+  in large batches. This is what `batch_size=-1` does, except that tfds
+  4.9 turns `batch_size=-1` into `padded_batch(sys.maxsize)` when the
+  split's size is not recorded (as under `tfds.testing.mock_data`), which
+  aborts the process in TF 2.21.
 
-    Args:
-      name: a tfds name, optionally with config/version ('cifar10',
-        'cifar10:3.0.2').
-      split: a tfds split, e.g. 'train', 'test', 'train[:10%]'.
-      data_dir: where tfds keeps its data; None for the tfds default.
+  Args:
+    name: a tfds name, optionally with config/version ('cifar10',
+      'cifar10:3.0.2').
+    split: a tfds split, e.g. 'train', 'test', 'train[:10%]'.
+    data_dir: where tfds keeps its data; None for the tfds default.
 
-    Returns:
-      images: uint8 [num_examples, height, width, channels].
-      labels: int32 [num_examples].
-      class_names: [num_classes], from the data set's label feature.
+  Returns:
+    images: uint8 [num_examples, height, width, channels].
+    labels: int32 [num_examples].
+    class_names: [num_classes], from the data set's label feature.
 
-    Raises:
-      ValueError: `name` is not a tfds data set.
-      RuntimeError: the data set could not be downloaded, prepared or read.
-    """
-    import tensorflow_datasets as tfds  # Lazy: TF import is slow and heavy.
+  Raises:
+    ValueError: `name` is not a tfds data set.
+    RuntimeError: the data set could not be downloaded, prepared or read.
+  """
+  import tensorflow_datasets as tfds  # Lazy: TF import is slow and heavy.
 
-    base_name = name.split(":")[0].split("/")[0]
-    # Community data sets would need network access just to list them.
-    if base_name not in tfds.list_builders(with_community_datasets=False):
-        raise ValueError(
-            f"{name!r} is not a tfds data set name (not in "
-            "tfds.list_builders()). For images on disk use "
-            "--config.data.source=folder --config.data.folder=<path> with "
-            f"the layout {FOLDER_LAYOUT}."
-        )
-    try:
-        ds, info = tfds.load(
-            name,
-            split=split,
-            data_dir=data_dir,
-            as_supervised=True,
-            with_info=True,
-        )
-        batches = list(tfds.as_numpy(ds.batch(_TFDS_READ_BATCH)))
-    except Exception as e:  # Download, prepare and read errors vary widely.
-        raise RuntimeError(
-            f"tfds could not load {name!r} split {split!r} "
-            f"(data_dir={data_dir!r}): {type(e).__name__}: {e}\n"
-            "Without network access, use images on disk instead: "
-            "--config.data.source=folder --config.data.folder=<path> with "
-            f"the layout {FOLDER_LAYOUT}."
-        ) from e
-    if not batches:
-        raise RuntimeError(f"tfds split {name!r} {split!r} is empty.")
-    images = np.concatenate([images for images, _ in batches])
-    labels = np.concatenate([labels for _, labels in batches]).astype(np.int32)
-    label_feature = info.features[info.supervised_keys[1]]
-    return images.astype(np.uint8), labels, list(label_feature.names)
+  base_name = name.split(":")[0].split("/")[0]
+  # Community data sets would need network access just to list them.
+  if base_name not in tfds.list_builders(with_community_datasets=False):
+    raise ValueError(
+      f"{name!r} is not a tfds data set name (not in "
+      "tfds.list_builders()). For images on disk use "
+      "--config.data.source=folder --config.data.folder=<path> with "
+      f"the layout {FOLDER_LAYOUT}."
+    )
+  try:
+    ds, info = tfds.load(
+      name,
+      split=split,
+      data_dir=data_dir,
+      as_supervised=True,
+      with_info=True,
+    )
+    batches = list(tfds.as_numpy(ds.batch(_TFDS_READ_BATCH)))
+  except Exception as e:  # Download, prepare and read errors vary widely.
+    raise RuntimeError(
+      f"tfds could not load {name!r} split {split!r} "
+      f"(data_dir={data_dir!r}): {type(e).__name__}: {e}\n"
+      "Without network access, use images on disk instead: "
+      "--config.data.source=folder --config.data.folder=<path> with "
+      f"the layout {FOLDER_LAYOUT}."
+    ) from e
+  if not batches:
+    raise RuntimeError(f"tfds split {name!r} {split!r} is empty.")
+  images = np.concatenate([images for images, _ in batches])
+  labels = np.concatenate([labels for _, labels in batches]).astype(np.int32)
+  label_feature = info.features[info.supervised_keys[1]]
+  return images.astype(np.uint8), labels, list(label_feature.names)
 
 
 def load_dataset(data_config: Any) -> Dataset:
-    """Loads the train and test splits named by the data config.
+  """Loads the train and test splits named by the data config.
 
-    Args:
-      data_config: an ml_collections.ConfigDict with keys
-        `source` ('tfds' or 'folder'), `name` (tfds name, used by 'tfds'),
-        `folder` (data folder, used by 'folder'), `tfds_data_dir` (None or a
-        path, used by 'tfds'), `train_split` and `test_split`.
+  Args:
+    data_config: an ml_collections.ConfigDict with keys
+      `source` ('tfds' or 'folder'), `name` (tfds name, used by 'tfds'),
+      `folder` (data folder, used by 'folder'), `tfds_data_dir` (None or a
+      path, used by 'tfds'), `train_split` and `test_split`.
 
-    Returns:
-      The Dataset, images uint8 [N, H, W, C], labels int32 [N].
+  Returns:
+    The Dataset, images uint8 [N, H, W, C], labels int32 [N].
 
-    Raises:
-      ValueError: unknown source, or train and test class lists differ; and
-        the errors of `load_folder` / `load_tfds`.
-    """
-    source = data_config.source
-    if source == "folder":
-        load = functools.partial(load_folder, data_config.folder)
-    elif source == "tfds":
-        load = functools.partial(
-            load_tfds, data_config.name, data_dir=data_config.tfds_data_dir or None
-        )
-    else:
-        raise ValueError(
-            f"Unknown data source {source!r}; valid sources: {VALID_SOURCES}."
-        )
-    train_images, train_labels, class_names = load(split=data_config.train_split)
-    test_images, test_labels, test_class_names = load(split=data_config.test_split)
-    if class_names != test_class_names:
-        raise ValueError(
-            f"Train split {data_config.train_split!r} has classes "
-            f"{class_names} but test split {data_config.test_split!r} has "
-            f"{test_class_names}; labels would not match."
-        )
-    return Dataset(train_images, train_labels, test_images, test_labels, class_names)
+  Raises:
+    ValueError: unknown source, or train and test class lists differ; and
+      the errors of `load_folder` / `load_tfds`.
+  """
+  source = data_config.source
+  if source == "folder":
+    load = functools.partial(load_folder, data_config.folder)
+  elif source == "tfds":
+    load = functools.partial(
+      load_tfds, data_config.name, data_dir=data_config.tfds_data_dir or None
+    )
+  else:
+    raise ValueError(f"Unknown data source {source!r}; valid sources: {VALID_SOURCES}.")
+  train_images, train_labels, class_names = load(split=data_config.train_split)
+  test_images, test_labels, test_class_names = load(split=data_config.test_split)
+  if class_names != test_class_names:
+    raise ValueError(
+      f"Train split {data_config.train_split!r} has classes "
+      f"{class_names} but test split {data_config.test_split!r} has "
+      f"{test_class_names}; labels would not match."
+    )
+  return Dataset(train_images, train_labels, test_images, test_labels, class_names)
 
 
 # ---------------------------------------------------------------------------
@@ -311,91 +300,85 @@ def load_dataset(data_config: Any) -> Dataset:
 
 
 def scale_pixels(images: np.ndarray) -> np.ndarray:
-    """Maps uint8 pixels to `(x - 127.5) / 128` as float32, same shape.
+  """Maps uint8 pixels to `(x - 127.5) / 128` as float32, same shape.
 
-    This is the authors' `unpickle` scaling: values land in about [-1, 1).
-    """
-    return ((images.astype(np.float32) - 127.5) / 128.0).astype(np.float32)
+  This is the authors' `unpickle` scaling: values land in about [-1, 1).
+  """
+  return ((images.astype(np.float32) - 127.5) / 128.0).astype(np.float32)
 
 
-def fit_zca(
-    x: np.ndarray, regularization: float, *, chunk_size: int = 10_000
-) -> ZCA:
-    """Fits ZCA whitening to `x: [num_examples, dim]`, as in the authors' code.
+def fit_zca(x: np.ndarray, regularization: float, *, chunk_size: int = 10_000) -> ZCA:
+  """Fits ZCA whitening to `x: [num_examples, dim]`, as in the authors' code.
 
-    Matches `nn.ZCA.fit` in openai/weightnorm: the covariance is the biased
-    (maximum-likelihood) estimate `sigma = (x - mean)^T (x - mean) / N`,
-    divided by N, not N - 1, and `whitening = U diag(1 / sqrt(S + reg)) U^T`
-    with `sigma = U diag(S) U^T`. The authors take `U, S` from an SVD of
-    `sigma`; for a symmetric positive semi-definite matrix that is its
-    eigendecomposition, which `np.linalg.eigh` computes here. Eigenvalues
-    that round-off makes slightly negative are clipped to 0 (the SVD would
-    return their absolute value, a difference of the order of float64
-    round-off).
+  Matches `nn.ZCA.fit` in openai/weightnorm: the covariance is the biased
+  (maximum-likelihood) estimate `sigma = (x - mean)^T (x - mean) / N`,
+  divided by N, not N - 1, and `whitening = U diag(1 / sqrt(S + reg)) U^T`
+  with `sigma = U diag(S) U^T`. The authors take `U, S` from an SVD of
+  `sigma`; for a symmetric positive semi-definite matrix that is its
+  eigendecomposition, which `np.linalg.eigh` computes here. Eigenvalues
+  that round-off makes slightly negative are clipped to 0 (the SVD would
+  return their absolute value, a difference of the order of float64
+  round-off).
 
-    Everything is computed in float64; the covariance is accumulated over
-    chunks of rows so that no float64 copy of `x` is made.
+  Everything is computed in float64; the covariance is accumulated over
+  chunks of rows so that no float64 copy of `x` is made.
 
-    Args:
-      x: [num_examples, dim] float array (e.g. scaled, flattened images).
-      regularization: added to every eigenvalue; the recipe uses 1e-5.
-      chunk_size: rows per chunk when accumulating the covariance.
+  Args:
+    x: [num_examples, dim] float array (e.g. scaled, flattened images).
+    regularization: added to every eigenvalue; the recipe uses 1e-5.
+    chunk_size: rows per chunk when accumulating the covariance.
 
-    Returns:
-      ZCA(mean float64 [dim], whitening float64 [dim, dim]).
-    """
-    if x.ndim != 2:
-        raise ValueError(f"fit_zca expects [num_examples, dim], got {x.shape}.")
-    num_examples, dim = x.shape
-    mean = np.mean(x, axis=0, dtype=np.float64)
-    sigma = np.zeros((dim, dim), dtype=np.float64)
-    for start in range(0, num_examples, chunk_size):
-        centred = x[start : start + chunk_size].astype(np.float64) - mean
-        sigma += centred.T @ centred
-    sigma /= num_examples
-    eigenvalues, eigenvectors = np.linalg.eigh(sigma)
-    eigenvalues = np.maximum(eigenvalues, 0.0)
-    whitening = (eigenvectors / np.sqrt(eigenvalues + regularization)) @ eigenvectors.T
-    return ZCA(mean=mean, whitening=whitening)
+  Returns:
+    ZCA(mean float64 [dim], whitening float64 [dim, dim]).
+  """
+  if x.ndim != 2:
+    raise ValueError(f"fit_zca expects [num_examples, dim], got {x.shape}.")
+  num_examples, dim = x.shape
+  mean = np.mean(x, axis=0, dtype=np.float64)
+  sigma = np.zeros((dim, dim), dtype=np.float64)
+  for start in range(0, num_examples, chunk_size):
+    centred = x[start : start + chunk_size].astype(np.float64) - mean
+    sigma += centred.T @ centred
+  sigma /= num_examples
+  eigenvalues, eigenvectors = np.linalg.eigh(sigma)
+  eigenvalues = np.maximum(eigenvalues, 0.0)
+  whitening = (eigenvectors / np.sqrt(eigenvalues + regularization)) @ eigenvectors.T
+  return ZCA(mean=mean, whitening=whitening)
 
 
 def apply_zca(zca: ZCA, x: np.ndarray, *, chunk_size: int = 10_000) -> np.ndarray:
-    """Whitens `x: [num_examples, dim]` as `(x - mean) @ whitening`.
+  """Whitens `x: [num_examples, dim]` as `(x - mean) @ whitening`.
 
-    Computed in float64 chunk by chunk (bounded memory) and returned as
-    float32 [num_examples, dim].
-    """
-    if x.ndim != 2 or x.shape[1] != zca.mean.shape[0]:
-        raise ValueError(
-            f"apply_zca expects [num_examples, {zca.mean.shape[0]}], got {x.shape}."
-        )
-    out = np.empty(x.shape, dtype=np.float32)
-    for start in range(0, x.shape[0], chunk_size):
-        chunk = x[start : start + chunk_size].astype(np.float64) - zca.mean
-        out[start : start + chunk_size] = chunk @ zca.whitening
-    return out
+  Computed in float64 chunk by chunk (bounded memory) and returned as
+  float32 [num_examples, dim].
+  """
+  if x.ndim != 2 or x.shape[1] != zca.mean.shape[0]:
+    raise ValueError(f"apply_zca expects [num_examples, {zca.mean.shape[0]}], got {x.shape}.")
+  out = np.empty(x.shape, dtype=np.float32)
+  for start in range(0, x.shape[0], chunk_size):
+    chunk = x[start : start + chunk_size].astype(np.float64) - zca.mean
+    out[start : start + chunk_size] = chunk @ zca.whitening
+  return out
 
 
-def whiten_dataset(
-    dataset: Dataset, regularization: float
-) -> tuple[np.ndarray, np.ndarray]:
-    """Scales pixels, fits ZCA on the whole training set, whitens both splits.
+def whiten_dataset(dataset: Dataset, regularization: float) -> tuple[np.ndarray, np.ndarray]:
+  """Scales pixels, fits ZCA on the whole training set, whitens both splits.
 
-    Args:
-      dataset: images uint8 [N, H, W, C] (train) and [M, H, W, C] (test).
-      regularization: ZCA eigenvalue regularisation (recipe: 1e-5).
+  Args:
+    dataset: images uint8 [N, H, W, C] (train) and [M, H, W, C] (test).
+    regularization: ZCA eigenvalue regularisation (recipe: 1e-5).
 
-    Returns:
-      train_x: float32 [N, H, W, C] and test_x: float32 [M, H, W, C], each
-      image flattened to H*W*C, whitened, and reshaped back.
-    """
-    train = scale_pixels(dataset.train_images)
-    test = scale_pixels(dataset.test_images)
-    train_flat = train.reshape(train.shape[0], -1)
-    zca = fit_zca(train_flat, regularization)
-    train_x = apply_zca(zca, train_flat).reshape(train.shape)
-    test_x = apply_zca(zca, test.reshape(test.shape[0], -1)).reshape(test.shape)
-    return train_x, test_x
+  Returns:
+    train_x: float32 [N, H, W, C] and test_x: float32 [M, H, W, C], each
+    image flattened to H*W*C, whitened, and reshaped back.
+  """
+  train = scale_pixels(dataset.train_images)
+  test = scale_pixels(dataset.test_images)
+  train_flat = train.reshape(train.shape[0], -1)
+  zca = fit_zca(train_flat, regularization)
+  train_x = apply_zca(zca, train_flat).reshape(train.shape)
+  test_x = apply_zca(zca, test.reshape(test.shape[0], -1)).reshape(test.shape)
+  return train_x, test_x
 
 
 # ---------------------------------------------------------------------------
@@ -403,79 +386,75 @@ def whiten_dataset(
 
 
 @functools.partial(jax.jit, static_argnames=("flip", "max_translation"))
-def augment(
-    key: jax.Array, images: jax.Array, flip: bool, max_translation: int
-) -> jax.Array:
-    """Random horizontal flips and translations, drawn per image from `key`.
+def augment(key: jax.Array, images: jax.Array, flip: bool, max_translation: int) -> jax.Array:
+  """Random horizontal flips and translations, drawn per image from `key`.
 
-    Jitted with `flip` and `max_translation` static (they come from the
-    config); it can also be called inside a jitted train step.
+  Jitted with `flip` and `max_translation` static (they come from the
+  config); it can also be called inside a jitted train step.
 
-    Args:
-      key: PRNG key; the same key gives the same output.
-      images: [batch, height, width, channels], any dtype.
-      flip: mirror each image left-right with probability 1/2.
-      max_translation: shift each image by an integer offset drawn uniformly
-        from [-max_translation, max_translation] in each of height and width,
-        filling the uncovered border with zeros (which is the data mean after
-        whitening). 0 disables it.
+  Args:
+    key: PRNG key; the same key gives the same output.
+    images: [batch, height, width, channels], any dtype.
+    flip: mirror each image left-right with probability 1/2.
+    max_translation: shift each image by an integer offset drawn uniformly
+      from [-max_translation, max_translation] in each of height and width,
+      filling the uncovered border with zeros (which is the data mean after
+      whitening). 0 disables it.
 
-    Returns:
-      [batch, height, width, channels], same dtype. With flip=False and
-      max_translation=0 the input is returned unchanged.
-    """
-    if max_translation < 0:
-        raise ValueError(f"max_translation must be >= 0, got {max_translation}.")
-    batch, height, width, channels = images.shape
-    flip_key, shift_key = jax.random.split(key)
-    if flip:
-        mirror = jax.random.bernoulli(flip_key, 0.5, (batch,))
-        images = jnp.where(mirror[:, None, None, None], images[:, :, ::-1, :], images)
-    if max_translation > 0:
-        pad = max_translation
-        shifts = jax.random.randint(shift_key, (batch, 2), -pad, pad + 1)
-        padded = jnp.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+  Returns:
+    [batch, height, width, channels], same dtype. With flip=False and
+    max_translation=0 the input is returned unchanged.
+  """
+  if max_translation < 0:
+    raise ValueError(f"max_translation must be >= 0, got {max_translation}.")
+  batch, height, width, channels = images.shape
+  flip_key, shift_key = jax.random.split(key)
+  if flip:
+    mirror = jax.random.bernoulli(flip_key, 0.5, (batch,))
+    images = jnp.where(mirror[:, None, None, None], images[:, :, ::-1, :], images)
+  if max_translation > 0:
+    pad = max_translation
+    shifts = jax.random.randint(shift_key, (batch, 2), -pad, pad + 1)
+    padded = jnp.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
 
-        def crop(image, shift):
-            start = (pad + shift[0], pad + shift[1], 0)
-            return jax.lax.dynamic_slice(image, start, (height, width, channels))
+    def crop(image, shift):
+      start = (pad + shift[0], pad + shift[1], 0)
+      return jax.lax.dynamic_slice(image, start, (height, width, channels))
 
-        images = jax.vmap(crop)(padded, shifts)
-    return images
+    images = jax.vmap(crop)(padded, shifts)
+  return images
 
 
 def epoch_permutation(seed: int, epoch: int, num_examples: int) -> np.ndarray:
-    """The order in which epoch `epoch` visits the training set.
+  """The order in which epoch `epoch` visits the training set.
 
-    A fresh permutation every epoch (as in the authors' code), reproducible
-    from (seed, epoch) alone, so a resumed run sees the same order.
+  A fresh permutation every epoch (as in the authors' code), reproducible
+  from (seed, epoch) alone, so a resumed run sees the same order.
 
-    Returns:
-      int64 [num_examples], a permutation of range(num_examples).
-    """
-    return np.random.default_rng([seed, epoch]).permutation(num_examples)
+  Returns:
+    int64 [num_examples], a permutation of range(num_examples).
+  """
+  return np.random.default_rng([seed, epoch]).permutation(num_examples)
 
 
 def num_batches(num_examples: int, batch_size: int, *, drop_remainder: bool) -> int:
-    """Batches per pass: floor if `drop_remainder` (training), else ceil (eval)."""
-    if batch_size <= 0:
-        raise ValueError(f"batch_size must be positive, got {batch_size}.")
-    if drop_remainder:
-        return num_examples // batch_size
-    return -(-num_examples // batch_size)
+  """Batches per pass: floor if `drop_remainder` (training), else ceil (eval)."""
+  if batch_size <= 0:
+    raise ValueError(f"batch_size must be positive, got {batch_size}.")
+  if drop_remainder:
+    return num_examples // batch_size
+  return -(-num_examples // batch_size)
 
 
-def batch_indices(
-    seed: int, epoch: int, num_examples: int, batch_size: int
-) -> np.ndarray:
-    """Training-set indices for every batch of one epoch.
+def batch_indices(seed: int, epoch: int, num_examples: int, batch_size: int) -> np.ndarray:
+  """Training-set indices for every batch of one epoch.
 
-    The epoch's permutation cut into full batches; the last incomplete batch
-    is dropped (CIFAR-10: 50,000 / 100 = 500 batches, nothing dropped).
+  The epoch's permutation cut into full batches; the last incomplete batch
+  is dropped (CIFAR-10: 50,000 / 100 = 500 batches, nothing dropped).
 
-    Returns:
-      int64 [num_batches, batch_size]; row i indexes batch i.
-    """
-    steps = num_batches(num_examples, batch_size, drop_remainder=True)
-    order = epoch_permutation(seed, epoch, num_examples)
-    return order[: steps * batch_size].reshape(steps, batch_size)
+  Returns:
+    int64 [num_batches, batch_size]; row i indexes batch i.
+  """
+  steps = num_batches(num_examples, batch_size, drop_remainder=True)
+  order = epoch_permutation(seed, epoch, num_examples)
+  return order[: steps * batch_size].reshape(steps, batch_size)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import functools
 import json
-from absl import logging
 import os
 import shutil
 import time
@@ -28,6 +27,7 @@ import ml_collections
 import numpy as np
 import optax
 import orbax.checkpoint as ocp
+from absl import logging
 from flax import struct
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
