@@ -41,6 +41,14 @@ def read_run(workdir: str) -> tuple[dict, list[dict]]:
   return config, epochs
 
 
+def _save(fig, output: str, title: str | None) -> None:
+  if title:
+    fig.suptitle(title)
+  fig.tight_layout()
+  fig.savefig(output, dpi=120)
+  plt.close(fig)
+
+
 def read_norms(workdir: str) -> tuple[dict, list[int], dict[str, list[float]]]:
   """(config, steps, {'<layer>/v_norm' or '<layer>/g_over_v_norm': values})."""
   with open(os.path.join(workdir, "config.json")) as f:
@@ -76,11 +84,7 @@ def plot_norms(workdirs: Sequence[str], output: str, title: str | None = None) -
     ax.set_xlabel("step")
     ax.grid(alpha=0.3)
   ax_v.legend()
-  if title:
-    fig.suptitle(title)
-  fig.tight_layout()
-  fig.savefig(output, dpi=120)
-  plt.close(fig)
+  _save(fig, output, title)
 
 
 def lr_sweep_table(workdirs: Sequence[str]) -> dict[str, dict[float, list[float]]]:
@@ -109,11 +113,7 @@ def plot_lr_sweep(workdirs: Sequence[str], output: str, title: str | None = None
   ax.set_ylabel("final test error (%)")
   ax.grid(alpha=0.3)
   ax.legend()
-  if title:
-    ax.set_title(title)
-  fig.tight_layout()
-  fig.savefig(output, dpi=120)
-  plt.close(fig)
+  _save(fig, output, title)
 
 
 def run_label(config: dict, with_seed: bool) -> str:
@@ -144,11 +144,7 @@ def plot_runs(workdirs: Sequence[str], output: str, title: str | None = None) ->
     ax.grid(alpha=0.3)
   ax_train.set_ylabel("error (%)")
   ax_test.legend()
-  if title:
-    fig.suptitle(title)
-  fig.tight_layout()
-  fig.savefig(output, dpi=120)
-  plt.close(fig)
+  _save(fig, output, title)
 
 
 PLOTS = {"curves": plot_runs, "norms": plot_norms, "lr_sweep": plot_lr_sweep}
