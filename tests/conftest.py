@@ -16,17 +16,24 @@ CLASSES = ("ant", "bee", "cat")
 IMAGE_SIZE = 12  # 12 -> pool 6 -> pool 3 -> VALID 3x3 -> 1: the CIFAR net's shape.
 
 
-def make_image_folder(root, num_train_per_class=20, num_test_per_class=4, seed=0):
-  """Writes root/{train,test}/<class>/<i>.png with class-dependent colours."""
+def make_image_folder(root, num_train_per_class=20, num_test_per_class=4, seed=0,
+                      unclipped=False):
+  """Writes root/{train,test}/<class>/<i>.png with class-dependent colours.
+
+  With `unclipped`, pixel values stay inside (0, 255): no two pixels are
+  tied by clipping, so max-pool ties (whose winner depends on rounding) are
+  rare, as in real photos; the multi-device equality tests need this.
+  """
   rng = np.random.default_rng(seed)
+  low, high, noise = (60, 180, 15) if unclipped else (0, 200, 40)
   for split, count in (("train", num_train_per_class), ("test", num_test_per_class)):
     for label, name in enumerate(CLASSES):
       folder = os.path.join(root, split, name)
       os.makedirs(folder)
       for i in range(count):
-        base = np.zeros((IMAGE_SIZE, IMAGE_SIZE, 3))
-        base[..., label] = 200
-        pixels = np.clip(base + rng.normal(0, 40, base.shape), 0, 255).astype(np.uint8)
+        base = np.full((IMAGE_SIZE, IMAGE_SIZE, 3), float(low))
+        base[..., label] = high
+        pixels = np.clip(base + rng.normal(0, noise, base.shape), 0, 255).astype(np.uint8)
         Image.fromarray(pixels).save(os.path.join(folder, f"{i:04d}.png"))
   return str(root)
 

@@ -37,15 +37,15 @@ def test_every_parameterization_trains(parameterization, image_folder, tmp_path)
 
 def test_loss_drops_on_memorisable_subset(image_folder, tmp_path):
   config = tiny_config(image_folder, "wn")
-  config.num_epochs = 15
-  config.optimizer.anneal_start_epoch = 15
+  config.num_epochs = 30
+  config.optimizer.anneal_start_epoch = 20
   config.optimizer.learning_rate = 3e-3
   config.model.dropout_rate = 0.0
   config.model.input_noise = 0.0
   train.train_and_evaluate(config, str(tmp_path))
   epochs = [r for r in _read_metrics(tmp_path) if "train_loss" in r]
-  assert epochs[-1]["train_loss"] < 0.3 * epochs[0]["train_loss"], epochs
-  assert epochs[-1]["train_error"] == 0.0
+  assert epochs[-1]["train_loss"] < 0.2 * epochs[0]["train_loss"], epochs
+  assert epochs[-1]["train_error"] <= 0.05, epochs  # at most 3 of the 60 images
 
 
 def test_learning_rate_and_b1_follow_the_recipe():
