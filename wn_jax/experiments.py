@@ -80,8 +80,17 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument("experiments", nargs="+", choices=sorted(EXPERIMENTS))
   parser.add_argument("--root", required=True, help="Folder for the run workdirs.")
   parser.add_argument("--parallel", type=int, default=1, help="Runs at a time.")
+  parser.add_argument("--parameterizations", nargs="+", metavar="NAME",
+                      help="Launch only the runs of these parameterizations.")
   args = parser.parse_args(argv)
   runs = list(dict.fromkeys(r for e in args.experiments for r in EXPERIMENTS[e]))
+  if args.parameterizations:
+    known = {variant.split(",")[0] for _, variant, _, _ in runs}
+    unknown = sorted(set(args.parameterizations) - known)
+    if unknown:
+      parser.error(f"no run of {unknown} in {args.experiments}; "
+                   f"their parameterizations are {sorted(known)}")
+    runs = [r for r in runs if r[1].split(",")[0] in args.parameterizations]
   failed = []
   with concurrent.futures.ThreadPoolExecutor(args.parallel) as pool:
     futures = [pool.submit(launch, *run, args.root, extra) for run in runs]

@@ -1,0 +1,106 @@
+"""The experiment launcher: which runs each experiment holds, filtering,
+skipping finished runs, and one real launch through train.py."""
+
+import json
+import os
+
+import pytest
+
+from wn_jax import experiments
+
+
+def test_experiments_hold_the_runs_the_claims_need():
+  figure2 = experiments.EXPERIMENTS["figure2"]
+  assert sorted((r[1], r[3]) for r in figure2) == sorted(
+      (p, s) for p in ("normal", "wn", "bn", "mobn", "wn_mobn") for s in (0, 1))
+  assert all(r[2] == 1e-3 for r in figure2)
+  lr_sweep = experiments.EXPERIMENTS["lr_sweep"]
+  assert sorted((r[1], r[2]) for r in lr_sweep) == sorted(
+      (p, lr) for p in ("normal", "wn", "wn_mobn")
+      for lr in (3e-4, 1e-3, 3e-3, 1e-2, 3e-2))
+  names = [r[0] for r in experiments.EXPERIMENTS["init_ablation"]]
+  assert names == ["wn_lr0.001_s0", "wn_nodatainit_lr0.001_s0", "normal_lr0.001_s0"]
+
+
+def _record_launches(monkeypatch, exit_code=0):
+  launched = []
+
+  def fake_launch(name, variant, lr, seed, root, extra_args):
+    launched.append((name, variant, lr, seed, root, tuple(extra_args)))
+    return name, exit_code
+
+  monkeypatch.setattr(experiments, "launch", fake_launch)
+  return launched
+
+
+def test_shared_runs_launch_once_and_the_filter_keeps_only_its_parameterizations(
+    monkeypatch, tmp_path):
+  launched = _record_launches(monkeypatch)
+  assert experiments.main(["figure2", "lr_sweep", "--root", str(tmp_path),
+                           "--parameterizations", "wn_mobn", "--", "--x=1"]) == 0
+  assert sorted(r[0] for r in launched) == sorted(
+      ["wn_mobn_lr0.001_s0", "wn_mobn_lr0.001_s1", "wn_mobn_lr0.0003_s0",
+       "wn_mobn_lr0.003_s0", "wn_mobn_lr0.01_s0", "wn_mobn_lr0.03_s0"])
+  assert all(r[4] == str(tmp_path) and r[5] == ("--x=1",) for r in launched)
+
+  launched.clear()
+  experiments.main(["init_ablation", "--root", str(tmp_path), "--parameterizations", "wn"])
+  assert [r[1] for r in launched] == ["wn", "wn,no_data_init"]
+
+
+def test_unknown_parameterization_is_an_error_that_lists_the_valid_ones(
+    monkeypatch, tmp_path, capsys):
+  launched = _record_launches(monkeypatch)
+  with pytest.raises(SystemExit) as error:
+    experiments.main(["lr_sweep", "--root", str(tmp_path), "--parameterizations", "bn"])
+  assert error.value.code == 2 and not launched
+  assert "['normal', 'wn', 'wn_mobn']" in capsys.readouterr().err
+
+
+def test_a_failed_run_makes_the_launcher_fail(monkeypatch, tmp_path):
+  _record_launches(monkeypatch, exit_code=1)
+  assert experiments.main(["init_ablation", "--root", str(tmp_path)]) == 1
+
+
+def _write_run(workdir, num_epochs, last_epoch):
+  os.makedirs(workdir, exist_ok=True)
+  with open(os.path.join(workdir, "config.json"), "w") as f:
+    json.dump({"num_epochs": num_epochs}, f)
+  with open(os.path.join(workdir, "metrics.jsonl"), "w") as f:
+    for epoch in range(1, last_epoch + 1):
+      f.write(json.dumps({"epoch": epoch, "test_error": 0.5}) + "\n")
+
+
+def test_finished_means_the_last_epoch_is_logged(tmp_path):
+  assert not experiments.finished(str(tmp_path / "missing"))
+  _write_run(tmp_path / "half", num_epochs=4, last_epoch=2)
+  assert not experiments.finished(str(tmp_path / "half"))
+  _write_run(tmp_path / "done", num_epochs=4, last_epoch=4)
+  assert experiments.finished(str(tmp_path / "done"))
+
+
+def test_a_finished_run_is_not_launched_again(monkeypatch, tmp_path):
+  _write_run(tmp_path / "wn_lr0.001_s0", num_epochs=10, last_epoch=10)
+
+  def no_subprocess(*args, **kwargs):
+    raise AssertionError("a finished run was launched again")
+
+  monkeypatch.setattr(experiments.subprocess, "call", no_subprocess)
+  assert experiments.launch("wn_lr0.001_s0", "wn", 1e-3, 0, str(tmp_path), []) == (
+      "wn_lr0.001_s0", 0)
+
+
+def test_launch_trains_the_named_variant_with_its_lr_and_seed(tmp_path, image_folder):
+  shrink = ["--config.data.source=folder", f"--config.data.folder={image_folder}",
+            "--config.model.width=4", "--config.num_epochs=1",
+            "--config.optimizer.anneal_start_epoch=1", "--config.batch_size=10",
+            "--config.init_batch_size=20", "--config.eval_batch_size=8"]
+  name, code = experiments.launch("wn_nodatainit_lr0.003_s2", "wn,no_data_init", 3e-3, 2,
+                                  str(tmp_path), shrink)
+  workdir = tmp_path / name
+  assert code == 0, (workdir / "train.log").read_text()[-3000:]
+  config = json.loads((workdir / "config.json").read_text())
+  assert config["model"]["parameterization"] == "wn"
+  assert config["model"]["data_init"] is False
+  assert config["optimizer"]["learning_rate"] == 3e-3 and config["seed"] == 2
+  assert experiments.finished(str(workdir))
