@@ -31,7 +31,7 @@ def test_every_plot_kind_writes_a_png(tmp_path):
           for i, (p, lr, seed, err) in enumerate([
               ("wn", 1e-3, 0, 0.30), ("wn", 1e-3, 1, 0.34), ("wn", 3e-3, 0, 0.28),
               ("normal", 1e-3, 0, 0.40)])]
-  for kind in ("curves", "norms", "lr_sweep"):
+  for kind in ("curves", "curves_mean", "norms", "lr_sweep"):
     out = str(tmp_path / f"{kind}.png")
     plot.main(["--kind", kind, *runs, "-o", out])
     assert os.path.getsize(out) > 10_000
@@ -42,3 +42,14 @@ def test_every_plot_kind_writes_a_png(tmp_path):
 def test_missing_metrics_names_the_workdir(tmp_path):
   with pytest.raises(FileNotFoundError, match="is .* a training workdir"):
     plot.read_run(str(tmp_path))
+
+
+def test_curves_mean_averages_the_runs_of_each_parameterization(tmp_path, capsys):
+  runs = [_fake_workdir(tmp_path / f"r{i}", p, 1e-3, seed, err)
+          for i, (p, seed, err) in enumerate([("wn", 0, 0.30), ("wn", 1, 0.34),
+                                               ("normal", 0, 0.40)])]
+  assert {k: len(v) for k, v in plot.group_runs(runs).items()} == {"wn": 2, "normal": 1}
+  plot.main(["--kind", "curves_mean", *runs, "-o", str(tmp_path / "mean.png")])
+  printed = capsys.readouterr().out
+  assert "wn: test error after epoch 2: mean 32.00% over 2 runs (30.00, 34.00)" in printed
+  assert "normal: test error after epoch 2: mean 40.00% over 1 run (40.00)" in printed

@@ -3,6 +3,10 @@
   python -m wn_jax.plot WORKDIR [WORKDIR ...] -o curves.png
       training and test error vs epoch, one line per run (paper Figure 2),
       labelled by parameterization (and seed when runs differ in it);
+  python -m wn_jax.plot --kind curves_mean WORKDIR [...] -o mean.png
+      the same, one line per parameterization: the mean over its runs
+      (seeds), a band from the lowest to the highest; prints each
+      parameterization's final test errors;
   python -m wn_jax.plot --kind norms WORKDIR [...] -o norms.png
       mean ||v|| and mean g/||v|| of every WN layer vs step (section 2.1);
   python -m wn_jax.plot --kind lr_sweep WORKDIR [...] -o lr.png
@@ -147,7 +151,44 @@ def plot_runs(workdirs: Sequence[str], output: str, title: str | None = None) ->
   _save(fig, output, title)
 
 
-PLOTS = {"curves": plot_runs, "norms": plot_norms, "lr_sweep": plot_lr_sweep}
+def group_runs(workdirs: Sequence[str]) -> dict[str, list[list[dict]]]:
+  """{label without seed: [per-epoch records of each run]}, in first-seen order."""
+  groups: dict[str, list[list[dict]]] = {}
+  for workdir in workdirs:
+    config, epochs = read_run(workdir)
+    groups.setdefault(run_label(config, with_seed=False), []).append(epochs)
+  return groups
+
+
+def plot_runs_mean(workdirs: Sequence[str], output: str, title: str | None = None) -> None:
+  """Training and test error vs epoch: mean over each parameterization's
+  runs, band = min..max. Epochs beyond the shortest run of a group are cut."""
+  fig, (ax_train, ax_test) = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+  for label, runs in group_runs(workdirs).items():
+    num_epochs = min(len(epochs) for epochs in runs)
+    x = [r["epoch"] for r in runs[0][:num_epochs]]
+    legend = f"{label} ({len(runs)} run{'s' if len(runs) > 1 else ''})"
+    color = None
+    for ax, key in ((ax_train, "train_error"), (ax_test, "test_error")):
+      values = 100 * np.array([[r[key] for r in epochs[:num_epochs]] for epochs in runs])
+      line, = ax.plot(x, values.mean(0), label=legend, color=color)
+      color = line.get_color()
+      ax.fill_between(x, values.min(0), values.max(0), color=color, alpha=0.2)
+    finals = [f"{100 * epochs[num_epochs - 1]['test_error']:.2f}" for epochs in runs]
+    mean = np.mean([epochs[num_epochs - 1]["test_error"] for epochs in runs])
+    print(f"{label}: test error after epoch {x[-1]:g}: mean {100 * mean:.2f}% "
+          f"over {legend.split('(')[1][:-1]} ({', '.join(finals)})")
+  for ax, name in ((ax_train, "training error (noise, dropout on)"),
+                   (ax_test, "test error")):
+    ax.set_xlabel("epoch")
+    ax.set_title(name + ": mean, band min..max")
+    ax.grid(alpha=0.3)
+  ax_train.set_ylabel("error (%)")
+  ax_test.legend()
+  _save(fig, output, title)
+
+
+PLOTS = {"curves": plot_runs, "curves_mean": plot_runs_mean, "norms": plot_norms, "lr_sweep": plot_lr_sweep}
 
 
 def main(argv: Sequence[str] | None = None) -> None:
