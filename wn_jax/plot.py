@@ -167,7 +167,8 @@ def plot_runs_mean(workdirs: Sequence[str], output: str, title: str | None = Non
   for label, runs in group_runs(workdirs).items():
     num_epochs = min(len(epochs) for epochs in runs)
     x = [r["epoch"] for r in runs[0][:num_epochs]]
-    legend = f"{label} ({len(runs)} run{'s' if len(runs) > 1 else ''})"
+    num_runs = f"{len(runs)} run{'s' if len(runs) > 1 else ''}"
+    legend = f"{label} ({num_runs})"
     color = None
     for ax, key in ((ax_train, "train_error"), (ax_test, "test_error")):
       values = 100 * np.array([[r[key] for r in epochs[:num_epochs]] for epochs in runs])
@@ -177,7 +178,7 @@ def plot_runs_mean(workdirs: Sequence[str], output: str, title: str | None = Non
     finals = [f"{100 * epochs[num_epochs - 1]['test_error']:.2f}" for epochs in runs]
     mean = np.mean([epochs[num_epochs - 1]["test_error"] for epochs in runs])
     print(f"{label}: test error after epoch {x[-1]:g}: mean {100 * mean:.2f}% "
-          f"over {legend.split('(')[1][:-1]} ({', '.join(finals)})")
+          f"over {num_runs} ({', '.join(finals)})")
   for ax, name in ((ax_train, "training error (noise, dropout on)"),
                    (ax_test, "test error")):
     ax.set_xlabel("epoch")
