@@ -48,6 +48,16 @@ def test_shared_runs_launch_once_and_the_filter_keeps_only_its_parameterizations
   assert [r[1] for r in launched] == ["wn", "wn,no_data_init"]
 
 
+def test_seeds_replace_each_runs_own_seed(monkeypatch, tmp_path):
+  launched = _record_launches(monkeypatch)
+  experiments.main(["figure2", "init_ablation", "--root", str(tmp_path), "--seeds", "2", "3",
+                    "--parameterizations", "wn", "normal"])
+  assert [r[0] for r in launched] == [
+      "normal_lr0.001_s2", "normal_lr0.001_s3", "wn_lr0.001_s2", "wn_lr0.001_s3",
+      "wn_nodatainit_lr0.001_s2", "wn_nodatainit_lr0.001_s3"]
+  assert [r[3] for r in launched] == [2, 3] * 3
+
+
 def test_unknown_parameterization_is_an_error_that_lists_the_valid_ones(
     monkeypatch, tmp_path, capsys):
   launched = _record_launches(monkeypatch)

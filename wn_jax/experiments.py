@@ -82,8 +82,14 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument("--parallel", type=int, default=1, help="Runs at a time.")
   parser.add_argument("--parameterizations", nargs="+", metavar="NAME",
                       help="Launch only the runs of these parameterizations.")
+  parser.add_argument("--seeds", nargs="+", type=int, metavar="SEED",
+                      help="Launch each run with these seeds instead of its own "
+                           "(e.g. `figure2 --seeds 2` adds a third seed).")
   args = parser.parse_args(argv)
   runs = list(dict.fromkeys(r for e in args.experiments for r in EXPERIMENTS[e]))
+  if args.seeds:
+    runs = list(dict.fromkeys(_run(variant.split(",")[0], lr, seed, "no_data_init" not in variant)
+                              for _, variant, lr, _ in runs for seed in args.seeds))
   if args.parameterizations:
     known = {variant.split(",")[0] for _, variant, _, _ in runs}
     unknown = sorted(set(args.parameterizations) - known)
