@@ -1,7 +1,8 @@
 """Plots from saved workdirs (metrics.jsonl + config.json).
 
   python -m wn_jax.plot WORKDIR [WORKDIR ...] -o curves.png
-      training and test error vs epoch, one line per run (paper Figure 2),
+      training loss, training error (paper Figure 2) and test error vs
+      epoch, one line per run,
       labelled by parameterization (and seed when runs differ in it);
   python -m wn_jax.plot --kind curves_mean WORKDIR [...] -o mean.png
       the same, one line per parameterization: the mean over its runs
@@ -130,25 +131,40 @@ def run_label(config: dict, with_seed: bool) -> str:
   return label
 
 
+# (metrics key, panel title, y label, scale): Figure 2's training error, plus
+# the training loss and the test error.
+CURVE_PANELS = (
+    ("train_loss", "training loss (noise, dropout on)", "cross-entropy", 1.0),
+    ("train_error", "training error (noise, dropout on)", "error (%)", 100.0),
+    ("test_error", "test error", "error (%)", 100.0),
+)
+
+
+def _curve_figure(output: str, title: str | None, draw, panel_suffix: str = "") -> None:
+  """One panel per CURVE_PANELS entry; draw(ax, key, scale) fills each."""
+  fig, axes = plt.subplots(1, len(CURVE_PANELS), figsize=(16, 4.2))
+  for ax, (key, name, ylabel, scale) in zip(axes, CURVE_PANELS):
+    draw(ax, key, scale)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(ylabel)
+    ax.set_title(name + panel_suffix, fontsize=10)
+    ax.grid(alpha=0.3)
+  axes[-1].legend()
+  _save(fig, output, title)
+
+
 def plot_runs(workdirs: Sequence[str], output: str, title: str | None = None) -> None:
-  """Draws training and test error vs epoch of `workdirs` into `output`."""
+  """Training loss, training error and test error vs epoch, a line per run."""
   runs = [read_run(w) for w in workdirs]
   with_seed = len({c["seed"] for c, _ in runs}) > 1
-  fig, (ax_train, ax_test) = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
-  for config, epochs in runs:
-    x = [r["epoch"] for r in epochs]
-    label = run_label(config, with_seed)
-    line, = ax_train.plot(x, [100 * r["train_error"] for r in epochs], label=label)
-    ax_test.plot(x, [100 * r["test_error"] for r in epochs], label=label,
-                 color=line.get_color())
-  for ax, name in ((ax_train, "training error (noise, dropout on)"),
-                   (ax_test, "test error")):
-    ax.set_xlabel("epoch")
-    ax.set_title(name)
-    ax.grid(alpha=0.3)
-  ax_train.set_ylabel("error (%)")
-  ax_test.legend()
-  _save(fig, output, title)
+  colors = [f"C{i % 10}" for i in range(len(runs))]
+
+  def draw(ax, key, scale):
+    for (config, epochs), color in zip(runs, colors):
+      ax.plot([r["epoch"] for r in epochs], [scale * r[key] for r in epochs],
+              label=run_label(config, with_seed), color=color)
+
+  _curve_figure(output, title, draw)
 
 
 def group_runs(workdirs: Sequence[str]) -> dict[str, list[list[dict]]]:
@@ -161,35 +177,32 @@ def group_runs(workdirs: Sequence[str]) -> dict[str, list[list[dict]]]:
 
 
 def plot_runs_mean(workdirs: Sequence[str], output: str, title: str | None = None) -> None:
-  """Training and test error vs epoch: mean over each parameterization's
-  runs, band = min..max. Epochs beyond the shortest run of a group are cut."""
-  fig, (ax_train, ax_test) = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
-  for label, runs in group_runs(workdirs).items():
-    num_epochs = min(len(epochs) for epochs in runs)
-    x = [r["epoch"] for r in runs[0][:num_epochs]]
-    num_runs = f"{len(runs)} run{'s' if len(runs) > 1 else ''}"
-    legend = f"{label} ({num_runs})"
-    color = None
-    for ax, key in ((ax_train, "train_error"), (ax_test, "test_error")):
-      values = 100 * np.array([[r[key] for r in epochs[:num_epochs]] for epochs in runs])
-      line, = ax.plot(x, values.mean(0), label=legend, color=color)
-      color = line.get_color()
-      ax.fill_between(x, values.min(0), values.max(0), color=color, alpha=0.2)
-    finals = [f"{100 * epochs[num_epochs - 1]['test_error']:.2f}" for epochs in runs]
-    mean = np.mean([epochs[num_epochs - 1]["test_error"] for epochs in runs])
-    print(f"{label}: test error after epoch {x[-1]:g}: mean {100 * mean:.2f}% "
-          f"over {num_runs} ({', '.join(finals)})")
-  for ax, name in ((ax_train, "training error (noise, dropout on)"),
-                   (ax_test, "test error")):
-    ax.set_xlabel("epoch")
-    ax.set_title(name + ": mean, band min..max")
-    ax.grid(alpha=0.3)
-  ax_train.set_ylabel("error (%)")
-  ax_test.legend()
-  _save(fig, output, title)
+  """The panels of plot_runs with one line per parameterization: the mean
+  over its runs, band = min..max. Epochs beyond a group's shortest run are
+  cut. Prints each group's final test errors."""
+  groups = group_runs(workdirs)
+  num_epochs = {label: min(len(epochs) for epochs in runs) for label, runs in groups.items()}
+  num_runs = {label: f"{len(runs)} run{'s' if len(runs) > 1 else ''}"
+              for label, runs in groups.items()}
+
+  def draw(ax, key, scale):
+    for i, (label, runs) in enumerate(groups.items()):
+      n = num_epochs[label]
+      x = [r["epoch"] for r in runs[0][:n]]
+      values = scale * np.array([[r[key] for r in epochs[:n]] for epochs in runs])
+      ax.plot(x, values.mean(0), label=f"{label} ({num_runs[label]})", color=f"C{i % 10}")
+      ax.fill_between(x, values.min(0), values.max(0), color=f"C{i % 10}", alpha=0.2)
+
+  _curve_figure(output, title, draw, panel_suffix=": mean, band min..max")
+  for label, runs in groups.items():
+    finals = [epochs[num_epochs[label] - 1]["test_error"] for epochs in runs]
+    last_epoch = runs[0][num_epochs[label] - 1]["epoch"]
+    print(f"{label}: test error after epoch {last_epoch:g}: mean {100 * np.mean(finals):.2f}% "
+          f"over {num_runs[label]} ({', '.join(f'{100 * e:.2f}' for e in finals)})")
 
 
-PLOTS = {"curves": plot_runs, "curves_mean": plot_runs_mean, "norms": plot_norms, "lr_sweep": plot_lr_sweep}
+PLOTS = {"curves": plot_runs, "curves_mean": plot_runs_mean, "norms": plot_norms,
+         "lr_sweep": plot_lr_sweep}
 
 
 def main(argv: Sequence[str] | None = None) -> None:
