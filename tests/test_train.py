@@ -29,8 +29,12 @@ def test_every_parameterization_trains(parameterization, image_folder, tmp_path)
   assert [r["epoch"] for r in epochs] == [1, 2]
   for r in epochs:
     assert np.isfinite(r["train_loss"]) and 0 <= r["test_error"] <= 1
-  norms = [r for r in _read_metrics(tmp_path) if any(k.endswith("/v_norm") for k in r)]
-  assert bool(norms) == ("wn" in parameterization)
+  records = _read_metrics(tmp_path)
+  norms = [r for r in records if any(k.endswith("/v_norm") for k in r)]
+  if "wn" in parameterization:  # At the init, then every 3 steps.
+    assert [r["step"] for r in norms] == [0, 3, 6, 9, 12]
+  else:
+    assert not norms and all(len(r) > 1 for r in records)  # No empty records.
   assert os.path.exists(os.path.join(tmp_path, "config.json"))
   assert any(f.startswith("events.out.tfevents") for f in os.listdir(tmp_path))
 
@@ -105,6 +109,9 @@ def test_resume_equals_uninterrupted_run(image_folder, tmp_path):
   first.num_epochs = 1  # "interrupted" after the first epoch's checkpoint
   first.optimizer.anneal_start_epoch = 1
   workdir = str(tmp_path / "b")
+  os.makedirs(workdir)  # Records of an attempt that died before its first checkpoint.
+  with open(os.path.join(workdir, "metrics.jsonl"), "w") as f:
+    f.write('{"step": 0, "stale": 1}\n{"step": 3, "stale": 1}\n')
   train.train_and_evaluate(first, workdir)
   # The resumed run must use the same config (schedule) as the full one; only
   # num_epochs grew, so rewrite the record the way a user restarting would.
@@ -114,6 +121,11 @@ def test_resume_equals_uninterrupted_run(image_folder, tmp_path):
   for a, b in zip(jax.tree.leaves(uninterrupted), jax.tree.leaves(resumed)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
   assert [r["step"] for r in _read_metrics(workdir) if "test_error" in r] == [6, 12]
+  # The same records as the uninterrupted run (the init's norms once, no stale ones).
+  assert ([sorted(r) for r in _read_metrics(workdir)] ==
+          [sorted(r) for r in _read_metrics(tmp_path / "a")])
+  assert [r["step"] for r in _read_metrics(workdir)] == [
+      r["step"] for r in _read_metrics(tmp_path / "a")]
 
 
 def test_refuses_to_resume_with_a_different_config(image_folder, tmp_path):

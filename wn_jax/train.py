@@ -352,7 +352,8 @@ class _MetricsLog:
     if jax.process_index() != 0:
       return
     with open(self.path, "a") as f:
-      f.write(json.dumps({"step": step, **{k: float(v) for k, v in metrics.items()}}) + "\n")
+      record = {k: v if isinstance(v, int) else float(v) for k, v in metrics.items()}
+      f.write(json.dumps({"step": step, **record}) + "\n")
 
 
 # ---------------------------------------------------------------------------
@@ -464,7 +465,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   eval_batch_size = -(-config.eval_batch_size // jax.device_count()) * jax.device_count()
 
   writer = _create_summary_writer(workdir)
-  metrics_log = _MetricsLog(workdir, int(state.step))
+  # A fresh start drops every record of an earlier attempt that died before
+  # its first checkpoint; a resume keeps those up to the restored step.
+  metrics_log = _MetricsLog(workdir, latest if latest is not None else -1)
+  log_norms = config.log_norms_every_steps > 0 and bool(
+      jax.eval_shape(weight_norm_stats, state.params))  # False: no WN layer.
+  if log_norms and latest is None:  # ||v|| and g/||v|| right after the init.
+    metrics_log.write(0, jax.device_get(norms_fn(state.params)))
   first_epoch = int(state.step) // steps_per_epoch
   last_good_checkpoint = latest
 
@@ -506,7 +513,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         sums["error"] += done["error"]
       pending = (step, metrics)
       window_steps += 1
-      if config.log_norms_every_steps and (step + 1) % config.log_norms_every_steps == 0:
+      if log_norms and (step + 1) % config.log_norms_every_steps == 0:
         metrics_log.write(step + 1, jax.device_get(norms_fn(state.params)))
       if (step + 1) % config.log_every_steps == 0:
         elapsed = time.perf_counter() - window_start
