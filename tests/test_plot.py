@@ -26,7 +26,7 @@ def _fake_workdir(root, parameterization, lr, seed, final_error):
   return str(root)
 
 
-def test_every_plot_kind_writes_a_png(tmp_path):
+def test_every_plot_kind_writes_a_png(tmp_path, capsys):
   runs = [_fake_workdir(tmp_path / f"r{i}", p, lr, seed, err)
           for i, (p, lr, seed, err) in enumerate([
               ("wn", 1e-3, 0, 0.30), ("wn", 1e-3, 1, 0.34), ("wn", 3e-3, 0, 0.28),
@@ -35,6 +35,11 @@ def test_every_plot_kind_writes_a_png(tmp_path):
     out = str(tmp_path / f"{kind}.png")
     plot.main(["--kind", kind, *runs, "-o", out])
     assert os.path.getsize(out) > 10_000
+  printed = capsys.readouterr().out
+  # Norms: 1.5 -> 2.0 (x1.33) and 1/1.5 -> 1/2 (x0.75) from step 50 to 100.
+  assert "wn lr 0.001: steps 50 -> 100: mean ||v|| x1.33, mean g/||v|| x0.75" in printed
+  assert "| wn | 30.00% / 34.00% | 28.00% |" in printed
+  assert "| normal | 40.00% | - |" in printed
   table = plot.lr_sweep_table(runs)
   assert table == {"wn": {1e-3: [0.30, 0.34], 3e-3: [0.28]}, "normal": {1e-3: [0.40]}}
 

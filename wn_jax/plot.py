@@ -67,6 +67,21 @@ def read_norms(workdir: str) -> tuple[dict, list[int], dict[str, list[float]]]:
   return config, [r["step"] for r in records], {k: [r[k] for r in records] for k in keys}
 
 
+def norms_summary(run: str, steps: list[int], series: dict[str, list[float]]) -> str:
+  """One line: the growth of ||v|| and of g/||v|| from the first to the last
+  logged step (mean over layers of each layer's ratio), and the largest
+  relative drop of a layer's mean ||v|| between two consecutive logs."""
+  v_norms = np.array([values for key, values in sorted(series.items())
+                      if key.endswith("/v_norm")])  # [layers, logs]
+  scales = np.array([values for key, values in sorted(series.items())
+                     if key.endswith("/g_over_v_norm")])
+  drops = np.maximum(0.0, -np.diff(v_norms, axis=1) / v_norms[:, :-1])
+  return (f"{run}: steps {steps[0]} -> {steps[-1]}: mean ||v|| x"
+          f"{np.mean(v_norms[:, -1] / v_norms[:, 0]):.2f}, mean g/||v|| x"
+          f"{np.mean(scales[:, -1] / scales[:, 0]):.2f}; largest drop of a layer's "
+          f"||v|| between logs {drops.max():.1e} (relative)")
+
+
 def plot_norms(workdirs: Sequence[str], output: str, title: str | None = None) -> None:
   """Mean ||v|| and g/||v|| per WN layer vs step; colour = layer, style = run."""
   fig, (ax_v, ax_scale) = plt.subplots(1, 2, figsize=(12, 4.5))
@@ -78,6 +93,7 @@ def plot_norms(workdirs: Sequence[str], output: str, title: str | None = None) -
     style = styles[run_index % len(styles)]
     run = (f"{config['model']['parameterization']} "
            f"lr {config['optimizer']['learning_rate']:g}")
+    print(norms_summary(run, steps, series))
     for i, layer in enumerate(layers):
       label = run if i == 0 else None
       ax_v.plot(steps, series[f"{layer}/v_norm"], style, color=cmap(i), label=label)
@@ -104,9 +120,11 @@ def lr_sweep_table(workdirs: Sequence[str]) -> dict[str, dict[float, list[float]
 
 
 def plot_lr_sweep(workdirs: Sequence[str], output: str, title: str | None = None) -> None:
-  """Final test error vs learning rate, one line per parameterization."""
+  """Final test error vs learning rate, one line per parameterization.
+  Prints the numbers as a markdown table (seeds separated by '/')."""
+  table = lr_sweep_table(workdirs)
   fig, ax = plt.subplots(figsize=(6, 4.2))
-  for name, by_lr in sorted(lr_sweep_table(workdirs).items()):
+  for name, by_lr in sorted(table.items()):
     lrs = sorted(by_lr)
     errors = [100 * np.asarray(by_lr[lr]) for lr in lrs]
     means = [e.mean() for e in errors]
@@ -114,6 +132,12 @@ def plot_lr_sweep(workdirs: Sequence[str], output: str, title: str | None = None
               [e.max() - m for m, e in zip(means, errors)]]
     ax.errorbar(lrs, means, yerr=spread, marker="o", capsize=3, label=name)
   ax.set_xscale("log")
+  all_lrs = sorted({lr for by_lr in table.values() for lr in by_lr})
+  print("| final test error | " + " | ".join(f"lr {lr:g}" for lr in all_lrs) + " |")
+  print("| --- " * (len(all_lrs) + 1) + "|")
+  for name, by_lr in sorted(table.items()):
+    cells = [" / ".join(f"{100 * e:.2f}%" for e in by_lr.get(lr, [])) or "-" for lr in all_lrs]
+    print(f"| {name} | " + " | ".join(cells) + " |")
   ax.set_xlabel("learning rate")
   ax.set_ylabel("final test error (%)")
   ax.grid(alpha=0.3)
