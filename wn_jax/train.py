@@ -404,12 +404,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   check_resumable_config(config, workdir)
   check_workdir(workdir, needed_bytes=0)
 
+  start = time.perf_counter()
   dataset = input_pipeline.load_dataset(config.data)
+  logging.info("Loaded %d training and %d test images from %s in %.1f s.",
+               len(dataset.train_images), len(dataset.test_images), config.data.source,
+               time.perf_counter() - start)
   if len(dataset.train_images) < max(config.batch_size, config.init_batch_size):
     raise ValueError(
         f"The training set has {len(dataset.train_images)} examples, fewer than "
         f"batch_size={config.batch_size} or init_batch_size={config.init_batch_size}.")
+  start = time.perf_counter()
   train_x, test_x = input_pipeline.whiten_dataset(dataset, config.data.zca_regularization)
+  logging.info("ZCA fitted and applied in %.1f s.", time.perf_counter() - start)
   train_y, test_y = dataset.train_labels, dataset.test_labels
 
   steps_per_epoch = len(train_x) // config.batch_size
