@@ -56,5 +56,7 @@ def test_curves_mean_averages_the_runs_of_each_parameterization(tmp_path, capsys
   assert {k: len(v) for k, v in plot.group_runs(runs).items()} == {"wn": 2, "normal": 1}
   plot.main(["--kind", "curves_mean", *runs, "-o", str(tmp_path / "mean.png")])
   printed = capsys.readouterr().out
-  assert "wn: test error after epoch 2: mean 32.00% over 2 runs (30.00, 34.00)" in printed
-  assert "normal: test error after epoch 2: mean 40.00% over 1 run (40.00)" in printed
+  # Training errors 0.7 (epoch 1), 0.40 and 0.44 (epoch 2); test 0.30, 0.34.
+  assert ("| wn | 2 | 70.00% (70.00..70.00) | 42.00% (40.00..44.00) | "
+          "32.00% (30.00..34.00) | 30.00, 34.00 (epoch 2) |") in printed
+  assert "| normal | 1 | 70.00% | 50.00% | 40.00% | 40.00 (epoch 2) |" in printed

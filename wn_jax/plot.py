@@ -6,8 +6,8 @@
       labelled by parameterization (and seed when runs differ in it);
   python -m wn_jax.plot --kind curves_mean WORKDIR [...] -o mean.png
       the same, one line per parameterization: the mean over its runs
-      (seeds), a band from the lowest to the highest; prints each
-      parameterization's final test errors;
+      (seeds), a band from the lowest to the highest; prints a table of
+      the training and test errors behind it;
   python -m wn_jax.plot --kind norms WORKDIR [...] -o norms.png
       mean ||v|| and mean g/||v|| of every WN layer vs step (section 2.1);
   python -m wn_jax.plot --kind lr_sweep WORKDIR [...] -o lr.png
@@ -203,7 +203,7 @@ def group_runs(workdirs: Sequence[str]) -> dict[str, list[list[dict]]]:
 def plot_runs_mean(workdirs: Sequence[str], output: str, title: str | None = None) -> None:
   """The panels of plot_runs with one line per parameterization: the mean
   over its runs, band = min..max. Epochs beyond a group's shortest run are
-  cut. Prints each group's final test errors."""
+  cut. Prints the numbers as a markdown table (mean_table)."""
   groups = group_runs(workdirs)
   num_epochs = {label: min(len(epochs) for epochs in runs) for label, runs in groups.items()}
   num_runs = {label: f"{len(runs)} run{'s' if len(runs) > 1 else ''}"
@@ -218,11 +218,30 @@ def plot_runs_mean(workdirs: Sequence[str], output: str, title: str | None = Non
       ax.fill_between(x, values.min(0), values.max(0), color=f"C{i % 10}", alpha=0.2)
 
   _curve_figure(output, title, draw, panel_suffix=": mean, band min..max")
+  print(mean_table(groups, num_epochs))
+
+
+def mean_table(groups: dict[str, list[list[dict]]], num_epochs: dict[str, int]) -> str:
+  """Markdown table: per group, the training error after the first and the
+  last epoch and the final test error, each as mean (min..max) over runs."""
+
+  def cell(runs, epoch_index, key):
+    values = 100 * np.array([epochs[epoch_index][key] for epochs in runs])
+    if len(values) == 1:
+      return f"{values[0]:.2f}%"
+    return f"{values.mean():.2f}% ({values.min():.2f}..{values.max():.2f})"
+
+  last = {label: runs[0][num_epochs[label] - 1]["epoch"] for label, runs in groups.items()}
+  lines = ["| run | runs | training error, epoch 1 | training error, last epoch | "
+           "test error, last epoch | test error of each run |",
+           "| --- | --- | --- | --- | --- | --- |"]
   for label, runs in groups.items():
-    finals = [epochs[num_epochs[label] - 1]["test_error"] for epochs in runs]
-    last_epoch = runs[0][num_epochs[label] - 1]["epoch"]
-    print(f"{label}: test error after epoch {last_epoch:g}: mean {100 * np.mean(finals):.2f}% "
-          f"over {num_runs[label]} ({', '.join(f'{100 * e:.2f}' for e in finals)})")
+    n = num_epochs[label] - 1
+    each = ", ".join(f"{100 * epochs[n]['test_error']:.2f}" for epochs in runs)
+    lines.append(f"| {label} | {len(runs)} | {cell(runs, 0, 'train_error')} | "
+                 f"{cell(runs, n, 'train_error')} | {cell(runs, n, 'test_error')} | "
+                 f"{each} (epoch {last[label]:g}) |")
+  return "\n".join(lines)
 
 
 PLOTS = {"curves": plot_runs, "curves_mean": plot_runs_mean, "norms": plot_norms,
