@@ -17,7 +17,7 @@ def _fake_workdir(root, parameterization, lr, seed, final_error):
   with open(os.path.join(root, "config.json"), "w") as f:
     f.write(config.to_json())
   with open(os.path.join(root, "metrics.jsonl"), "w") as f:
-    for step in (50, 100):
+    for step in (0, 50, 100):
       f.write(json.dumps({"step": step, "NormalizedConv_0/v_norm": 1.0 + step / 100,
                           "NormalizedConv_0/g_over_v_norm": 1.0 / (1 + step / 100)}) + "\n")
     for epoch, error in ((1, 0.6), (2, final_error)):
@@ -36,8 +36,10 @@ def test_every_plot_kind_writes_a_png(tmp_path, capsys):
     plot.main(["--kind", kind, *runs, "-o", out])
     assert os.path.getsize(out) > 10_000
   printed = capsys.readouterr().out
-  # Norms: 1.5 -> 2.0 (x1.33) and 1/1.5 -> 1/2 (x0.75) from step 50 to 100.
-  assert "wn lr 0.001: steps 50 -> 100: mean ||v|| x1.33, mean g/||v|| x0.75" in printed
+  # Norms: 1 -> 2 (x2) and 1 -> 1/2 from the init, 1.5 -> 2.0 (x1.33) and
+  # 1/1.5 -> 1/2 (x0.75) from step 50 to 100.
+  assert ("wn lr 0.001: steps 0 -> 100: mean ||v|| x2.00, mean g/||v|| x0.50 "
+          "(steps 50 -> 100: mean ||v|| x1.33, mean g/||v|| x0.75)") in printed
   assert "| wn | 30.00% / 34.00% | 28.00% |" in printed
   assert "| normal | 40.00% | - |" in printed
   table = plot.lr_sweep_table(runs)

@@ -68,18 +68,25 @@ def read_norms(workdir: str) -> tuple[dict, list[int], dict[str, list[float]]]:
 
 
 def norms_summary(run: str, steps: list[int], series: dict[str, list[float]]) -> str:
-  """One line: the growth of ||v|| and of g/||v|| from the first to the last
-  logged step (mean over layers of each layer's ratio), and the largest
-  relative drop of a layer's mean ||v|| between two consecutive logs."""
+  """One line: the growth of ||v|| and of g/||v|| from the first logged step
+  to the last (mean over layers of each layer's ratio; when the first is
+  the init, also from the second, to compare with runs logged without the
+  init), and the largest relative drop of a layer's mean ||v|| between two
+  consecutive logs."""
   v_norms = np.array([values for key, values in sorted(series.items())
                       if key.endswith("/v_norm")])  # [layers, logs]
   scales = np.array([values for key, values in sorted(series.items())
                      if key.endswith("/g_over_v_norm")])
   drops = np.maximum(0.0, -np.diff(v_norms, axis=1) / v_norms[:, :-1])
-  return (f"{run}: steps {steps[0]} -> {steps[-1]}: mean ||v|| x"
-          f"{np.mean(v_norms[:, -1] / v_norms[:, 0]):.2f}, mean g/||v|| x"
-          f"{np.mean(scales[:, -1] / scales[:, 0]):.2f}; largest drop of a layer's "
-          f"||v|| between logs {drops.max():.1e} (relative)")
+
+  def growth(first):
+    return (f"steps {steps[first]} -> {steps[-1]}: mean ||v|| "
+            f"x{np.mean(v_norms[:, -1] / v_norms[:, first]):.2f}, mean g/||v|| "
+            f"x{np.mean(scales[:, -1] / scales[:, first]):.2f}")
+
+  also = f" ({growth(1)})" if steps[0] == 0 and len(steps) > 2 else ""
+  return (f"{run}: {growth(0)}{also}; largest drop of a layer's ||v|| between logs "
+          f"{drops.max():.1e} (relative)")
 
 
 def plot_norms(workdirs: Sequence[str], output: str, title: str | None = None) -> None:
