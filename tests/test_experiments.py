@@ -11,23 +11,23 @@ from wn_jax import experiments
 
 def test_experiments_hold_the_runs_the_claims_need():
   figure2 = experiments.EXPERIMENTS["figure2"]
-  assert sorted((r[1], r[3]) for r in figure2) == sorted(
+  assert sorted((r.variant, r.seed) for r in figure2) == sorted(
       (p, s) for p in ("normal", "wn", "bn", "mobn", "wn_mobn") for s in (0, 1))
-  assert all(r[2] == 1e-3 for r in figure2)
+  assert all(r.lr == 1e-3 for r in figure2)
   lr_sweep = experiments.EXPERIMENTS["lr_sweep"]
-  assert sorted((r[1], r[2]) for r in lr_sweep) == sorted(
+  assert sorted((r.variant, r.lr) for r in lr_sweep) == sorted(
       (p, lr) for p in ("normal", "wn", "wn_mobn")
       for lr in (3e-4, 1e-3, 3e-3, 1e-2, 3e-2))
-  names = [r[0] for r in experiments.EXPERIMENTS["init_ablation"]]
+  names = [r.name for r in experiments.EXPERIMENTS["init_ablation"]]
   assert names == ["wn_lr0.001_s0", "wn_nodatainit_lr0.001_s0", "normal_lr0.001_s0"]
 
 
 def _record_launches(monkeypatch, exit_code=0):
   launched = []
 
-  def fake_launch(name, variant, lr, seed, root, extra_args):
-    launched.append((name, variant, lr, seed, root, tuple(extra_args)))
-    return name, exit_code
+  def fake_launch(run, root, extra_args):
+    launched.append((run.name, run.variant, run.lr, run.seed, root, tuple(extra_args)))
+    return run.name, exit_code
 
   monkeypatch.setattr(experiments, "launch", fake_launch)
   return launched
@@ -96,7 +96,7 @@ def test_a_finished_run_is_not_launched_again(monkeypatch, tmp_path):
     raise AssertionError("a finished run was launched again")
 
   monkeypatch.setattr(experiments.subprocess, "call", no_subprocess)
-  assert experiments.launch("wn_lr0.001_s0", "wn", 1e-3, 0, str(tmp_path), []) == (
+  assert experiments.launch(experiments.Run("wn", 1e-3, 0), str(tmp_path), []) == (
       "wn_lr0.001_s0", 0)
 
 
@@ -105,8 +105,9 @@ def test_launch_trains_the_named_variant_with_its_lr_and_seed(tmp_path, image_fo
             "--config.model.width=4", "--config.num_epochs=1",
             "--config.optimizer.anneal_start_epoch=1", "--config.batch_size=10",
             "--config.init_batch_size=20", "--config.eval_batch_size=8"]
-  name, code = experiments.launch("wn_nodatainit_lr0.003_s2", "wn,no_data_init", 3e-3, 2,
-                                  str(tmp_path), shrink)
+  run = experiments.Run("wn", 3e-3, 2, data_init=False)
+  assert (run.name, run.variant) == ("wn_nodatainit_lr0.003_s2", "wn,no_data_init")
+  name, code = experiments.launch(run, str(tmp_path), shrink)
   workdir = tmp_path / name
   assert code == 0, (workdir / "train.log").read_text()[-3000:]
   config = json.loads((workdir / "config.json").read_text())

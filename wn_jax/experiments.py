@@ -20,28 +20,40 @@ import os
 import subprocess
 import sys
 from collections.abc import Sequence
+from typing import NamedTuple
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PAPER_LEARNING_RATES = (3e-4, 1e-3, 3e-3, 1e-2, 3e-2)
 
 
-def _run(parameterization: str, lr: float, seed: int,
-         data_init: bool = True) -> tuple[str, str, float, int]:
-  variant = parameterization + ("" if data_init else ",no_data_init")
-  name = f"{parameterization}{'' if data_init else '_nodatainit'}_lr{lr:g}_s{seed}"
-  return name, variant, lr, seed
+class Run(NamedTuple):
+  """One quick-preset training run; its workdir name and config variant are
+  derived from these four fields."""
+  parameterization: str
+  lr: float
+  seed: int
+  data_init: bool = True
+
+  @property
+  def name(self) -> str:
+    return (f"{self.parameterization}{'' if self.data_init else '_nodatainit'}"
+            f"_lr{self.lr:g}_s{self.seed}")
+
+  @property
+  def variant(self) -> str:
+    return self.parameterization + ("" if self.data_init else ",no_data_init")
 
 
 EXPERIMENTS = {
     # Paper Figure 2 at CPU scale: all five parameterizations, two seeds.
-    "figure2": [_run(p, 1e-3, s) for p in ("normal", "wn", "bn", "mobn", "wn_mobn")
+    "figure2": [Run(p, 1e-3, s) for p in ("normal", "wn", "bn", "mobn", "wn_mobn")
                 for s in (0, 1)],
     # Learning-rate robustness: final test error vs lr.
-    "lr_sweep": [_run(p, lr, 0) for p in ("normal", "wn", "wn_mobn")
+    "lr_sweep": [Run(p, lr, 0) for p in ("normal", "wn", "wn_mobn")
                  for lr in PAPER_LEARNING_RATES],
     # Data-dependent init vs g = ||v|| (and normal, in figure2).
-    "init_ablation": [_run("wn", 1e-3, 0), _run("wn", 1e-3, 0, data_init=False),
-                      _run("normal", 1e-3, 0)],
+    "init_ablation": [Run("wn", 1e-3, 0), Run("wn", 1e-3, 0, data_init=False),
+                      Run("normal", 1e-3, 0)],
 }
 
 
@@ -56,19 +68,19 @@ def finished(workdir: str) -> bool:
     return False
 
 
-def launch(name: str, variant: str, lr: float, seed: int, root: str,
-           extra_args: Sequence[str]) -> tuple[str, int]:
-  workdir = os.path.join(root, name)
+def launch(run: Run, root: str, extra_args: Sequence[str]) -> tuple[str, int]:
+  """Trains `run` in <root>/<run.name> unless it finished; (name, exit code)."""
+  workdir = os.path.join(root, run.name)
   if finished(workdir):
-    return name, 0
+    return run.name, 0
   os.makedirs(workdir, exist_ok=True)
   command = [sys.executable, os.path.join(REPO_ROOT, "train.py"),
-             "--config", os.path.join(REPO_ROOT, "configs", "cifar.py") + f":{variant},quick",
-             "--workdir", workdir, f"--config.optimizer.learning_rate={lr}",
-             f"--config.seed={seed}", *extra_args]
+             "--config", os.path.join(REPO_ROOT, "configs", "cifar.py") + f":{run.variant},quick",
+             "--workdir", workdir, f"--config.optimizer.learning_rate={run.lr}",
+             f"--config.seed={run.seed}", *extra_args]
   with open(os.path.join(workdir, "train.log"), "a") as log:
     code = subprocess.call(command, stdout=log, stderr=subprocess.STDOUT)
-  return name, code
+  return run.name, code
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -88,18 +100,17 @@ def main(argv: Sequence[str] | None = None) -> int:
   args = parser.parse_args(argv)
   runs = list(dict.fromkeys(r for e in args.experiments for r in EXPERIMENTS[e]))
   if args.seeds:
-    runs = list(dict.fromkeys(_run(variant.split(",")[0], lr, seed, "no_data_init" not in variant)
-                              for _, variant, lr, _ in runs for seed in args.seeds))
+    runs = list(dict.fromkeys(run._replace(seed=seed) for run in runs for seed in args.seeds))
   if args.parameterizations:
-    known = {variant.split(",")[0] for _, variant, _, _ in runs}
+    known = {run.parameterization for run in runs}
     unknown = sorted(set(args.parameterizations) - known)
     if unknown:
       parser.error(f"no run of {unknown} in {args.experiments}; "
                    f"their parameterizations are {sorted(known)}")
-    runs = [r for r in runs if r[1].split(",")[0] in args.parameterizations]
+    runs = [run for run in runs if run.parameterization in args.parameterizations]
   failed = []
   with concurrent.futures.ThreadPoolExecutor(args.parallel) as pool:
-    futures = [pool.submit(launch, *run, args.root, extra) for run in runs]
+    futures = [pool.submit(launch, run, args.root, extra) for run in runs]
     for future in concurrent.futures.as_completed(futures):
       name, code = future.result()
       print(f"{name}: {'done' if code == 0 else f'FAILED (exit {code})'}", flush=True)

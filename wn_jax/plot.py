@@ -139,17 +139,24 @@ def plot_lr_sweep(workdirs: Sequence[str], output: str, title: str | None = None
               [e.max() - m for m, e in zip(means, errors)]]
     ax.errorbar(lrs, means, yerr=spread, marker="o", capsize=3, label=name)
   ax.set_xscale("log")
-  all_lrs = sorted({lr for by_lr in table.values() for lr in by_lr})
-  print("| final test error | " + " | ".join(f"lr {lr:g}" for lr in all_lrs) + " |")
-  print("| --- " * (len(all_lrs) + 1) + "|")
-  for name, by_lr in sorted(table.items()):
-    cells = [" / ".join(f"{100 * e:.2f}%" for e in by_lr.get(lr, [])) or "-" for lr in all_lrs]
-    print(f"| {name} | " + " | ".join(cells) + " |")
   ax.set_xlabel("learning rate")
   ax.set_ylabel("final test error (%)")
   ax.grid(alpha=0.3)
   ax.legend()
   _save(fig, output, title)
+  print(lr_sweep_markdown(table))
+
+
+def lr_sweep_markdown(table: dict[str, dict[float, list[float]]]) -> str:
+  """Markdown table of lr_sweep_table: a row per parameterization, a column
+  per learning rate, the seeds' final test errors separated by '/'."""
+  all_lrs = sorted({lr for by_lr in table.values() for lr in by_lr})
+  lines = ["| final test error | " + " | ".join(f"lr {lr:g}" for lr in all_lrs) + " |",
+           "| --- " * (len(all_lrs) + 1) + "|"]
+  for name, by_lr in sorted(table.items()):
+    cells = [" / ".join(f"{100 * e:.2f}%" for e in by_lr.get(lr, [])) or "-" for lr in all_lrs]
+    lines.append(f"| {name} | " + " | ".join(cells) + " |")
+  return "\n".join(lines)
 
 
 def run_label(config: dict, with_seed: bool) -> str:
