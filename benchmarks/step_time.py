@@ -264,15 +264,19 @@ def prepare(args: argparse.Namespace, parameterization: str, images: jax.Array,
   replicated = NamedSharding(mesh, PartitionSpec())
   data_sharding = NamedSharding(mesh, PartitionSpec("data"))
   model = train.create_model(config, NUM_CLASSES)
-  tx = train.create_optimizer(config, max(CIFAR_TRAIN_SIZE // config.batch_size, 1))
+  optimizer = functools.partial(train.create_optimizer, config,
+                                max(CIFAR_TRAIN_SIZE // config.batch_size, 1))
+  learning_rate = jnp.float32(config.optimizer.learning_rate)
+  init_scale = jnp.float32(config.model.init_scale)
   init_key, step_key = jax.random.split(jax.random.key(config.seed))
   result: dict[str, Any] = {"parameterization": parameterization,
                             "conv_weight_grad": model.conv_weight_grad}
 
   # The data-dependent init, jitted as train_and_evaluate does.
-  init_fn = jax.jit(functools.partial(train.initialize, config, model, tx),
+  init_fn = jax.jit(functools.partial(train.initialize, model=model, optimizer=optimizer),
                     out_shardings=replicated)
-  state = _first_and_later_calls(result, "init", args, init_fn, init_batch, init_key)
+  state = _first_and_later_calls(result, "init", args, init_fn, init_batch, init_key,
+                                 init_scale, learning_rate)
   result["init_first_s"] = (result["init_lower_s"] + result["init_xla_compile_s"]
                             + result["init_first_run_s"])
 
@@ -291,13 +295,13 @@ def prepare(args: argparse.Namespace, parameterization: str, images: jax.Array,
 
   # The train step, jitted as train_and_evaluate does.
   step_fn = jax.jit(
-      functools.partial(train.train_step, model=model, tx=tx,
+      functools.partial(train.train_step, model=model, optimizer=optimizer,
                         augment_flip=config.data.augment_flip,
                         augment_max_translation=config.data.augment_max_translation),
-      in_shardings=(replicated, data_sharding, data_sharding, replicated),
+      in_shardings=(replicated, data_sharding, data_sharding, replicated, replicated),
       out_shardings=(replicated, replicated), donate_argnums=0)
   start = time.perf_counter()
-  lowered = step_fn.lower(state, images, labels, step_key)
+  lowered = step_fn.lower(state, images, labels, step_key, learning_rate)
   result["step_lower_s"] = time.perf_counter() - start
   start = time.perf_counter()
   compiled = lowered.compile()
@@ -307,6 +311,7 @@ def prepare(args: argparse.Namespace, parameterization: str, images: jax.Array,
   result["images"] = jax.device_put(images, data_sharding)
   result["labels"] = jax.device_put(labels, data_sharding)
   result["step_key"] = step_key
+  result["learning_rate"] = learning_rate
   result["state"] = state
   result["step_fn"] = compiled
   return result
@@ -345,7 +350,8 @@ def time_steps(prepared: list[dict[str, Any]], reps: int, warmup: int) -> None:
     for entry in prepared:
       start = time.perf_counter()
       entry["state"], metrics = entry["step_fn"](
-          entry["state"], entry["images"], entry["labels"], entry["step_key"])
+          entry["state"], entry["images"], entry["labels"], entry["step_key"],
+          entry["learning_rate"])
       jax.block_until_ready(metrics)
       elapsed = time.perf_counter() - start
       if i >= warmup:
@@ -519,7 +525,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   rows = []
   for entry in prepared:
     row = {k: v for k, v in entry.items()
-           if k not in ("state", "step_fn", "images", "labels", "step_key")}
+           if k not in ("state", "step_fn", "images", "labels", "step_key",
+                        "learning_rate")}
     row["step_s"] = statistics.median(row["step_times_s"])
     row["images_per_s"] = args.batch_size / row["step_s"]
     xla = row["xla_step_flops"]

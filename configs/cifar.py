@@ -71,6 +71,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # XLA:CPU) or 'auto' (per_tap on CPU, xla on GPU/TPU).
   config.model.conv_weight_grad = "auto"
   config.model.dtype = "float32"  # or 'bfloat16' (params stay float32).
+  # float32 conv/matmul arithmetic: 'default' (the backend's: TF32 on NVIDIA
+  # Ampere/Hopper GPUs), 'high' (3 bfloat16 passes) or 'highest' (full
+  # float32, as the paper's 2016 GPUs computed).
+  config.matmul_precision = "default"
 
   config.optimizer = ml_collections.ConfigDict()
   config.optimizer.learning_rate = 1e-3  # paper: best of {3e-4, 1e-3, 3e-3, 1e-2}
@@ -100,6 +104,17 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.distributed.coordinator_address = ""  # e.g. '10.0.0.1:1234'
   config.distributed.num_processes = 0
   config.distributed.process_id = -1
+  # Many members in one program (wn_jax/sweep.py): per-member values, zipped;
+  # empty = the base value. E.g. --config.sweep.learning_rate='(3e-4, 1e-3)'.
+  config.sweep = ml_collections.ConfigDict()
+  config.sweep.seed = ()
+  config.sweep.learning_rate = ()
+  config.sweep.init_scale = ()
+  config.sweep.data_init = ()
+  # Devices along the member axis of the (members, data) mesh: 1 = members
+  # replicated and each batch sharded over all devices; k = members split
+  # over k device groups, each batch over device_count / k devices.
+  config.sweep.member_shards = 1
 
   if "no_data_init" in variants:
     config.model.data_init = False

@@ -1,14 +1,22 @@
 """Training and evaluation: `train_and_evaluate(config, workdir)`.
 
-Data parallel with JAX's own machinery: a 1-D mesh over all devices, the
-batch sharded along it, parameters and optimizer state replicated, one
-jitted train step (no pmap). Batch statistics, the data-dependent init and
-mean-only BN are therefore those of the global batch.
+One program trains one or many runs ("members", `wn_jax.sweep`): every
+array of the `TrainState` has a leading member axis, and the train step,
+the data-dependent init and the evaluation are `jax.vmap`s of the
+one-member functions, jitted once. A plain run is the one-member case.
 
-Reproducibility: one root key from `config.seed`; the step's noise, dropout
-and augmentation keys are `fold_in(root, step)`, and epoch `e` visits the
-training set in the order `epoch_permutation(seed, e)`, so a run resumed
-from a checkpoint is identical to an uninterrupted one.
+Devices: a 2-D mesh (members, data). Each batch is sharded along `data`,
+members are replicated (`config.sweep.member_shards=1`) or split along
+`members`; one jitted step, no pmap. Batch statistics, the data-dependent
+init and mean-only BN are therefore those of each member's global batch.
+The whitened data set lives on the devices; a step receives only the
+indices of its batch and gathers the images itself.
+
+Reproducibility: each member's root key is `jax.random.key(seed)`; the
+step's noise, dropout and augmentation keys are `fold_in(step_key, step)`,
+and epoch `e` visits the training set in the order `epoch_permutation(seed,
+e)`, so a run resumed from a checkpoint is identical to an uninterrupted
+one, and a member of a sweep is the run trained alone with its values.
 """
 
 from __future__ import annotations
@@ -18,8 +26,8 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -29,9 +37,10 @@ import optax
 import orbax.checkpoint as ocp
 from absl import logging
 from flax import struct
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from wn_jax import input_pipeline, layers, models
+from wn_jax import input_pipeline, layers, models, sweep
 
 Array = jax.Array
 PyTree = Any
@@ -43,27 +52,36 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 RESUMABLE_KEYS = ("log_every_steps", "log_norms_every_steps", "checkpoint_every_epochs",
                   "keep_checkpoints", "eval_batch_size", "distributed.enabled",
                   "distributed.coordinator_address", "distributed.num_processes",
-                  "distributed.process_id",
+                  "distributed.process_id", "sweep.member_shards",
                   "model.conv_weight_grad", "data.folder", "data.tfds_data_dir")
 CHECKPOINT_HEADROOM_FACTOR = 4  # free disk needed, in checkpoint sizes
+MESH_AXES = ("members", "data")
+# float32 convs and matmuls: 'default' lets the backend choose (TF32 on
+# NVIDIA Ampere/Hopper GPUs), 'highest' computes in full float32.
+MATMUL_PRECISIONS = ("default", "high", "highest")
 
 
 class NonFiniteLossError(RuntimeError):
-  """Raised when the training loss becomes NaN or inf."""
+  """Raised when the training loss of every member becomes NaN or inf."""
 
 
 @struct.dataclass
 class TrainState:
   """Everything a run carries from step to step (and into a checkpoint).
 
+  In a sweep every leaf has a leading member axis [M].
+
   params: trainable parameters ('params' collection).
   model_state: the other collections: 'batch_stats' (running statistics of
     BN / mean-only BN) and 'frozen' (the paper's `normal` data-init scale).
+  nonfinite_step: -1, or the step whose training loss was NaN or inf; from
+    that step on the member's parameters are no longer updated.
   """
   step: Array
   params: PyTree
   model_state: PyTree
   opt_state: optax.OptState
+  nonfinite_step: Array
 
 
 # ---------------------------------------------------------------------------
@@ -85,12 +103,20 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
   positive("checkpoint_every_epochs", config.checkpoint_every_epochs)
   positive("keep_checkpoints", config.keep_checkpoints)
   positive("log_every_steps", config.log_every_steps)
+  positive("sweep.member_shards", config.sweep.member_shards)
   if config.log_norms_every_steps < 0:
     raise ValueError("config.log_norms_every_steps must be >= 0 (0 = off).")
-  if config.batch_size % num_devices:
+  num_members = len(sweep.member_configs(config))  # Checks the sweep lists.
+  member_shards = config.sweep.member_shards
+  if num_devices % member_shards or num_members % member_shards:
+    raise ValueError(
+        f"config.sweep.member_shards={member_shards} must divide both the "
+        f"{num_devices} devices and the {num_members} members.")
+  data_devices = num_devices // member_shards
+  if config.batch_size % data_devices:
     raise ValueError(
         f"config.batch_size={config.batch_size} is not divisible by the "
-        f"{num_devices} devices; use a multiple of {num_devices}.")
+        f"{data_devices} devices; use a multiple of {data_devices}.")
   if config.init_batch_size < 2:
     raise ValueError(
         f"config.init_batch_size={config.init_batch_size}: the data-dependent "
@@ -114,10 +140,13 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
                      "<root with train/ and test/ class folders>.")
   if config.data.augment_max_translation < 0:
     raise ValueError("config.data.augment_max_translation must be >= 0.")
+  if config.matmul_precision not in MATMUL_PRECISIONS:
+    raise ValueError(f"config.matmul_precision must be one of {MATMUL_PRECISIONS}, got "
+                     f"{config.matmul_precision!r}.")
 
 
 # ---------------------------------------------------------------------------
-# Model, optimizer, and the pure step functions.
+# Model, optimizer, and the pure step functions (one member each).
 
 
 def create_model(config: ml_collections.ConfigDict, num_classes: int) -> models.CifarNet:
@@ -133,36 +162,45 @@ def create_model(config: ml_collections.ConfigDict, num_classes: int) -> models.
       conv_weight_grad=conv_weight_grad, dtype=DTYPES[m.dtype])
 
 
-def learning_rate_and_b1(config: ml_collections.ConfigDict,
-                         steps_per_epoch: int) -> tuple[optax.Schedule, optax.Schedule]:
+def learning_rate_and_b1(config: ml_collections.ConfigDict, steps_per_epoch: int,
+                         learning_rate: float | Array | None = None
+                         ) -> tuple[optax.Schedule, optax.Schedule]:
   """Per-epoch schedules of the authors' code, as functions of the step.
 
   lr(epoch) = lr * min((num_epochs - epoch) / (num_epochs - anneal_start), 1)
   (code: `lr * min(2 - epoch/100, 1)` for 200 epochs, anneal at 100);
   b1(epoch) = b1 before `anneal_start_epoch`, `b1_anneal` from then on.
+  `learning_rate` (default `config.optimizer.learning_rate`) is the base
+  `lr`; it may be a traced value, one per sweep member.
   """
   opt = config.optimizer
+  base = opt.learning_rate if learning_rate is None else learning_rate
   anneal_epochs = max(config.num_epochs - opt.anneal_start_epoch, 1)
 
   def epoch_of(step):
     return step // steps_per_epoch
 
-  def learning_rate(step):
+  def schedule(step):
     remaining = (config.num_epochs - epoch_of(step)) / anneal_epochs
-    return opt.learning_rate * jnp.clip(remaining, 0.0, 1.0)
+    return base * jnp.clip(remaining, 0.0, 1.0)
 
   def b1(step):
     return jnp.where(epoch_of(step) < opt.anneal_start_epoch, opt.b1, opt.b1_anneal)
 
-  return learning_rate, b1
+  return schedule, b1
 
 
-def create_optimizer(config: ml_collections.ConfigDict,
-                     steps_per_epoch: int) -> optax.GradientTransformation:
-  """Adam with epsilon inside the square root (code: m/sqrt(v + 1e-8))."""
-  learning_rate, b1 = learning_rate_and_b1(config, steps_per_epoch)
+def create_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int,
+                     learning_rate: float | Array | None = None
+                     ) -> optax.GradientTransformation:
+  """Adam with epsilon inside the square root (code: m/sqrt(v + 1e-8)).
+
+  `learning_rate`: the base learning rate (default the config's), a traced
+  value inside a sweep, so each member's schedule reaches optax as data.
+  """
+  schedule, b1 = learning_rate_and_b1(config, steps_per_epoch, learning_rate)
   return optax.inject_hyperparams(optax.adam)(
-      learning_rate=learning_rate, b1=b1, b2=config.optimizer.b2,
+      learning_rate=schedule, b1=b1, b2=config.optimizer.b2,
       eps=config.optimizer.eps, eps_root=config.optimizer.eps_root)
 
 
@@ -178,14 +216,51 @@ def _step_rngs(step_key: Array, step: Array) -> dict[str, Array]:
   return {"noise": noise, "dropout": dropout, "augment": augment}
 
 
-def train_step(state: TrainState, images: Array, labels: Array, step_key: Array, *,
-               model: models.CifarNet, tx: optax.GradientTransformation,
+Optimizer = Callable[[Array], optax.GradientTransformation]  # base lr -> Adam
+
+
+def initialize(init_batch: Array, init_key: Array, init_scale: Array,
+               learning_rate: Array, *, model: models.CifarNet, optimizer: Optimizer,
+               data_init: Array | None = None) -> TrainState:
+  """The data-dependent init of one member, then its optimizer state.
+
+  Runs in training mode (noise and dropout on), as the authors' code does.
+  init_batch [N, H, W, C]; `init_scale` and `learning_rate` are scalars
+  (traced in a sweep). `data_init`: None uses `model.data_init`; a boolean
+  scalar (traced in a sweep that mixes both) selects between the
+  data-dependent init and `g = ||v||, b = 0` of the same draw of `v`.
+  """
+  params_key, noise_key, dropout_key = jax.random.split(init_key, 3)
+  rngs = {"params": params_key, "noise": noise_key, "dropout": dropout_key}
+  model = model.clone(init_scale=init_scale)
+  if data_init is None:
+    variables = model.init(rngs, init_batch, train=True)
+  else:
+    with_data = model.clone(data_init=True).init(rngs, init_batch, train=True)
+    without = model.clone(data_init=False).init(rngs, init_batch, train=True)
+    if jax.tree.structure(with_data) != jax.tree.structure(without):
+      raise ValueError(
+          f"A sweep cannot mix data_init=True and False for parameterization "
+          f"{model.parameterization!r}: its variables differ (the frozen scale of "
+          "the data-dependent init); launch the two as separate runs.")
+    variables = jax.tree.map(lambda a, b: jnp.where(data_init, a, b), with_data, without)
+  params = variables.pop("params")
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                    model_state=dict(variables),
+                    opt_state=optimizer(learning_rate).init(params),
+                    nonfinite_step=jnp.full((), -1, jnp.int32))
+
+
+def train_step(state: TrainState, images: Array, labels: Array, step_key: Array,
+               learning_rate: Array, *, model: models.CifarNet, optimizer: Optimizer,
                augment_flip: bool, augment_max_translation: int
                ) -> tuple[TrainState, dict[str, Array]]:
-  """One Adam step on a batch. images [B, H, W, C] float32, labels [B] int32.
+  """One Adam step of one member on a batch.
 
-  Returns the new state and metrics {loss, error, learning_rate} of the batch
-  (noise and dropout on, batch statistics), computed before the update.
+  images [B, H, W, C] float32, labels [B] int32, `learning_rate` the
+  member's base learning rate (scalar). Returns the new state and metrics
+  {loss, error, learning_rate} of the batch (noise and dropout on, batch
+  statistics), computed before the update.
   """
   rngs = _step_rngs(step_key, state.step)
   images = input_pipeline.augment(rngs.pop("augment"), images, augment_flip,
@@ -199,7 +274,8 @@ def train_step(state: TrainState, images: Array, labels: Array, step_key: Array,
     return jnp.mean(loss), (jnp.mean(error), updates)
 
   (loss, (error, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-  param_updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  param_updates, opt_state = optimizer(learning_rate).update(
+      grads, state.opt_state, state.params)
   new_state = state.replace(
       step=state.step + 1,
       params=optax.apply_updates(state.params, param_updates),
@@ -208,6 +284,20 @@ def train_step(state: TrainState, images: Array, labels: Array, step_key: Array,
   metrics = {"loss": loss, "error": error,
              "learning_rate": state.opt_state.hyperparams["learning_rate"]}
   return new_state, metrics
+
+
+def keep_finite(state: TrainState, new_state: TrainState, loss: Array) -> TrainState:
+  """`new_state`, unless the loss is non-finite or was before: then the
+  member keeps `state`'s parameters and statistics for good (only its step
+  advances), and `nonfinite_step` records the step where it happened."""
+  healthy = state.nonfinite_step < 0
+  update = healthy & jnp.isfinite(loss)
+  keep = functools.partial(jax.tree.map, lambda new, old: jnp.where(update, new, old))
+  return new_state.replace(
+      params=keep(new_state.params, state.params),
+      model_state=keep(new_state.model_state, state.model_state),
+      opt_state=keep(new_state.opt_state, state.opt_state),
+      nonfinite_step=jnp.where(healthy & ~update, state.step, state.nonfinite_step))
 
 
 def eval_step(state: TrainState, images: Array, labels: Array, mask: Array, *,
@@ -241,34 +331,82 @@ def weight_norm_stats(params: PyTree) -> dict[str, Array]:
 
 
 # ---------------------------------------------------------------------------
+# The sweep: the one-member functions, vmapped over the member axis. The data
+# set stays on the devices; the functions gather their batch from indices.
+
+
+def sweep_init(train_images: Array, init_rows: Array, init_keys: Array,
+               init_scales: Array, learning_rates: Array, data_init: Array | None,
+               **kwargs) -> TrainState:
+  """`initialize` for every member: init_rows [M, N] index train_images."""
+  def member(rows, key, init_scale, learning_rate, data_init):
+    return initialize(train_images[rows], key, init_scale, learning_rate,
+                      data_init=data_init, **kwargs)
+  return jax.vmap(member, in_axes=(0, 0, 0, 0, None if data_init is None else 0))(
+      init_rows, init_keys, init_scales, learning_rates, data_init)
+
+
+def sweep_train_step(state: TrainState, train_images: Array, train_labels: Array,
+                     epoch_rows: Array, step_keys: Array, learning_rates: Array, *,
+                     steps_per_epoch: int, **kwargs) -> tuple[TrainState, dict[str, Array]]:
+  """`train_step` for every member, with its own batch, keys and lr.
+
+  epoch_rows [M, steps_per_epoch, B]: each member's batches of this epoch;
+  the step takes row `step % steps_per_epoch`. Returns the stacked state
+  and metrics [M]. A member whose loss turns non-finite stops updating
+  (`keep_finite`); the others go on.
+  """
+  def member(state, rows, step_key, learning_rate):
+    batch_rows = rows[state.step % steps_per_epoch]
+    new_state, metrics = train_step(state, train_images[batch_rows],
+                                    train_labels[batch_rows], step_key, learning_rate,
+                                    **kwargs)
+    return keep_finite(state, new_state, metrics["loss"]), metrics
+  return jax.vmap(member)(state, epoch_rows, step_keys, learning_rates)
+
+
+def sweep_eval_step(state: TrainState, test_images: Array, test_labels: Array,
+                    rows: Array, mask: Array, **kwargs) -> dict[str, Array]:
+  """`eval_step` of every member on the same test batch: sums [M]."""
+  images, labels = test_images[rows], test_labels[rows]
+  return jax.vmap(lambda s: eval_step(s, images, labels, mask, **kwargs))(state)
+
+
+# ---------------------------------------------------------------------------
 # Devices and data placement.
 
 
-def _data_mesh() -> Mesh:
-  return Mesh(np.asarray(jax.devices()), ("data",))
+def create_mesh(member_shards: int) -> Mesh:
+  """The (members, data) mesh over all devices."""
+  devices = np.asarray(jax.devices())
+  return Mesh(devices.reshape(member_shards, -1), MESH_AXES)
 
 
-def _put_global_batch(host_batch: np.ndarray, sharding: NamedSharding) -> Array:
-  """Places a batch that every host holds whole: each feeds its own rows."""
-  if jax.process_count() == 1:
-    return jax.device_put(host_batch, sharding)
-  rows = host_batch.shape[0] // jax.process_count()
-  start = jax.process_index() * rows
-  return jax.make_array_from_process_local_data(
-      sharding, host_batch[start:start + rows], host_batch.shape)
+def put_global(host_array: np.ndarray, sharding: NamedSharding) -> Array:
+  """Places an array that every process holds whole, in any sharding.
+
+  Each process supplies the blocks of its own devices (replicated, sharded
+  or partly both), so this is right on one host and on many.
+  """
+  return jax.make_array_from_callback(host_array.shape, sharding,
+                                      lambda index: host_array[index])
 
 
-def _eval_batches(images: np.ndarray, labels: np.ndarray, batch_size: int):
-  """Fixed-size eval batches, the last one zero-padded: yields (x, y, mask)."""
-  for start in range(0, len(images), batch_size):
-    x, y = images[start:start + batch_size], labels[start:start + batch_size]
-    mask = np.ones(len(x), np.float32)
-    pad = batch_size - len(x)
-    if pad:
-      x = np.concatenate([x, np.zeros((pad, *x.shape[1:]), x.dtype)])
-      y = np.concatenate([y, np.zeros(pad, y.dtype)])
-      mask = np.concatenate([mask, np.zeros(pad, np.float32)])
-    yield x, y, mask
+def fetch(tree: PyTree) -> PyTree:
+  """Device arrays to host numpy, also those spread over many hosts."""
+  if jax.process_count() > 1:
+    return multihost_utils.process_allgather(tree, tiled=True)
+  return jax.device_get(tree)
+
+
+def _eval_rows(num_examples: int, batch_size: int):
+  """Fixed-size eval batches of row indices, the last one padded with row 0
+  and masked out: yields (rows int32 [batch_size], mask float32 [batch_size])."""
+  for start in range(0, num_examples, batch_size):
+    rows = np.arange(start, min(start + batch_size, num_examples), dtype=np.int32)
+    mask = np.ones(batch_size, np.float32)
+    mask[len(rows):] = 0
+    yield np.pad(rows, (0, batch_size - len(rows))), mask
 
 
 # ---------------------------------------------------------------------------
@@ -356,16 +494,42 @@ class _MetricsLog:
       f.write(json.dumps({"step": step, **record}) + "\n")
 
 
+
+class _MemberRecords:
+  """One member's record folder: config.json, metrics.jsonl, TensorBoard."""
+
+  def __init__(self, directory: str, config: ml_collections.ConfigDict,
+               resume_step: int | None):
+    self.directory = directory
+    os.makedirs(directory, exist_ok=True)
+    if jax.process_index() == 0:
+      with open(os.path.join(directory, "config.json"), "w") as f:
+        f.write(config.to_json(indent=2))
+    self.writer = _create_summary_writer(directory)
+    # A fresh start drops every record of an earlier attempt that died before
+    # its first checkpoint; a resume keeps those up to the restored step.
+    self.metrics = _MetricsLog(directory, resume_step if resume_step is not None else -1)
+
+  def write(self, step: int, record: Mapping[str, Any], scalars: bool = False) -> None:
+    self.metrics.write(step, record)
+    if scalars and self.writer is not None:
+      self.writer.write_scalars(step, record)
+
+  def close(self) -> None:
+    if self.writer is not None:
+      self.writer.flush()
+
+
 # ---------------------------------------------------------------------------
-# The run.
+# The run, in stages: devices, data, members, state, epochs, records.
 
 
 def initialize_distributed(distributed: ml_collections.ConfigDict) -> None:
   """Joins a multi-host cluster with `jax.distributed.initialize` if enabled.
 
   Each host then runs the same program; `jax.devices()` spans all hosts and
-  every host feeds its own rows of each global batch. On CPU hosts the
-  collectives go through gloo.
+  every host holds the (small) data set and feeds its own devices. On CPU
+  hosts the collectives go through gloo.
   """
   if not distributed.enabled:
     return
@@ -376,34 +540,21 @@ def initialize_distributed(distributed: ml_collections.ConfigDict) -> None:
       process_id=distributed.process_id if distributed.process_id >= 0 else None)
 
 
-def initialize(config: ml_collections.ConfigDict, model: models.CifarNet,
-               tx: optax.GradientTransformation, init_batch: Array,
-               init_key: Array) -> TrainState:
-  """The data-dependent init (training mode: noise and dropout on, as in the
-  authors' code), then the optimizer state. init_batch [N, H, W, C]."""
-  params_key, noise_key, dropout_key = jax.random.split(init_key, 3)
-  variables = model.init({"params": params_key, "noise": noise_key, "dropout": dropout_key},
-                         init_batch, train=True)
-  params = variables.pop("params")
-  return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                    model_state=dict(variables), opt_state=tx.init(params))
+class DeviceData(NamedTuple):
+  """The whitened data set, replicated on every device.
 
-
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
-  """Trains and evaluates per `config`, checkpointing into `workdir`.
-
-  Resumes from the newest checkpoint in `workdir` if there is one. Returns
-  the final state.
+  train_images [N, H, W, C] float32, train_labels [N] int32, test_images
+  [M, H, W, C], test_labels [M]; num_classes.
   """
-  initialize_distributed(config.distributed)  # Before anything asks for devices.
-  logging.info("JAX %s, backend %s, process %d of %d, devices: %s", jax.__version__,
-               jax.default_backend(), jax.process_index(), jax.process_count(),
-               jax.devices())
-  mesh = _data_mesh()
-  validate_config(config, jax.device_count())
-  check_resumable_config(config, workdir)
-  check_workdir(workdir, needed_bytes=0)
+  train_images: Array
+  train_labels: Array
+  test_images: Array
+  test_labels: Array
+  num_classes: int
 
+
+def load_data(config: ml_collections.ConfigDict, mesh: Mesh) -> DeviceData:
+  """Loads and whitens the data set (timed in the log), onto the devices."""
   start = time.perf_counter()
   dataset = input_pipeline.load_dataset(config.data)
   logging.info("Loaded %d training and %d test images from %s in %.1f s.",
@@ -416,26 +567,122 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   start = time.perf_counter()
   train_x, test_x = input_pipeline.whiten_dataset(dataset, config.data.zca_regularization)
   logging.info("ZCA fitted and applied in %.1f s.", time.perf_counter() - start)
-  train_y, test_y = dataset.train_labels, dataset.test_labels
-
-  steps_per_epoch = len(train_x) // config.batch_size
-  num_steps = steps_per_epoch * config.num_epochs
-  model = create_model(config, num_classes=len(dataset.class_names))
-  tx = create_optimizer(config, steps_per_epoch)
-  # Init and training draw from separate streams; step keys are
-  # fold_in(step_key, step) inside the step.
-  init_key, step_key = jax.random.split(jax.random.key(config.seed))
-
   replicated = NamedSharding(mesh, PartitionSpec())
-  data_sharding = NamedSharding(mesh, PartitionSpec("data"))
-  init_rows = np.random.default_rng(config.seed).permutation(len(train_x))
-  init_batch = train_x[np.sort(init_rows[:config.init_batch_size])]
-  init_sharding = data_sharding if len(init_batch) % jax.device_count() == 0 else replicated
-  init_fn = jax.jit(functools.partial(initialize, config, model, tx),
-                    out_shardings=replicated)
-  init_batch = _put_global_batch(init_batch, init_sharding)
+  return DeviceData(
+      put_global(train_x, replicated), put_global(dataset.train_labels, replicated),
+      put_global(test_x, replicated), put_global(dataset.test_labels, replicated),
+      num_classes=len(dataset.class_names))
 
-  abstract_state = jax.eval_shape(init_fn, init_batch, init_key)
+
+class Members(NamedTuple):
+  """The sweep's members: effective configs, record folders, and their
+  per-member values as host arrays [M]."""
+  configs: list[ml_collections.ConfigDict]
+  record_dirs: list[str]
+  seeds: np.ndarray
+  learning_rates: np.ndarray
+  init_scales: np.ndarray
+  data_init: np.ndarray | None  # None: all members share config.model.data_init.
+
+
+def sweep_members(config: ml_collections.ConfigDict, workdir: str) -> Members:
+  configs = sweep.member_configs(config)
+  if sweep.is_sweep(config):
+    record_dirs = [os.path.join(workdir, sweep.member_name(c)) for c in configs]
+  else:
+    record_dirs = [workdir]
+  data_init = np.array([c.model.data_init for c in configs])
+  return Members(
+      configs, record_dirs,
+      seeds=np.array([c.seed for c in configs], np.int32),
+      learning_rates=np.array([c.optimizer.learning_rate for c in configs], np.float32),
+      init_scales=np.array([c.model.init_scale for c in configs], np.float32),
+      data_init=data_init if len(set(data_init.tolist())) > 1 else None)
+
+
+def _epoch_rows(members: Members, epoch: int, num_examples: int,
+                batch_size: int) -> np.ndarray:
+  """int32 [M, steps_per_epoch, B]: each member's batches of `epoch`."""
+  # Sorted rows gather faster; the order within a batch does not matter.
+  return np.stack([np.sort(input_pipeline.batch_indices(int(seed), epoch, num_examples,
+                                                         batch_size), axis=1)
+                   for seed in members.seeds]).astype(np.int32)
+
+
+def _init_rows(members: Members, num_examples: int, init_batch_size: int) -> np.ndarray:
+  """int32 [M, init_batch_size]: each member's init batch (its seed's draw)."""
+  return np.stack([np.sort(np.random.default_rng(int(seed)).permutation(num_examples)
+                           [:init_batch_size]) for seed in members.seeds]).astype(np.int32)
+
+
+def _raise_if_all_stopped(nonfinite: Mapping[int, tuple[int, float]], num_members: int,
+                          last_good_checkpoint: int | None, checkpoint_dir: str) -> None:
+  if len(nonfinite) < num_members:
+    return
+  where = (f"step {last_good_checkpoint} in {checkpoint_dir}"
+           if last_good_checkpoint is not None else "none (no epoch finished)")
+  step, loss = min(nonfinite.values())
+  raise NonFiniteLossError(
+      f"Non-finite training loss {loss} at step {step}. Stopped; "
+      f"the last good checkpoint is {where}, left intact. Lower "
+      "config.optimizer.learning_rate and start a new workdir or resume.")
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
+  """Trains and evaluates per `config`, checkpointing into `workdir`.
+
+  Resumes from the newest checkpoint in `workdir` if there is one. Returns
+  the final state: one member's for a plain run, the stacked state [M, ...]
+  for a sweep (`config.sweep`).
+  """
+  initialize_distributed(config.distributed)  # Before anything asks for devices.
+  logging.info("JAX %s, backend %s, process %d of %d, devices: %s", jax.__version__,
+               jax.default_backend(), jax.process_index(), jax.process_count(),
+               jax.devices())
+  validate_config(config, jax.device_count())
+  if config.matmul_precision == "default":
+    return _train_and_evaluate(config, workdir)
+  # Traced under this setting, every conv and matmul of the run uses it.
+  with jax.default_matmul_precision(config.matmul_precision):
+    return _train_and_evaluate(config, workdir)
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
+  check_resumable_config(config, workdir)
+  check_workdir(workdir, needed_bytes=0)
+  mesh = create_mesh(config.sweep.member_shards)
+  members = sweep_members(config, workdir)
+  num_members = len(members.configs)
+  data_devices = mesh.shape["data"]
+  data = load_data(config, mesh)
+
+  def sharding(*spec):
+    return NamedSharding(mesh, PartitionSpec(*spec))
+
+  replicated, per_member = sharding(), sharding("members")
+  num_train = data.train_images.shape[0]
+  steps_per_epoch = num_train // config.batch_size
+  num_steps = steps_per_epoch * config.num_epochs
+  model = create_model(config, num_classes=data.num_classes)
+  optimizer = functools.partial(create_optimizer, config, steps_per_epoch)
+  learning_rates = put_global(members.learning_rates, per_member)
+  # Each member's init and training draw from separate streams of its seed;
+  # step keys are fold_in(step_key, step) inside the step.
+  init_keys, step_keys = jax.jit(
+      jax.vmap(lambda seed: tuple(jax.random.split(jax.random.key(seed)))),
+      out_shardings=per_member)(put_global(members.seeds, per_member))
+
+  init_rows = _init_rows(members, num_train, config.init_batch_size)
+  init_fn = jax.jit(
+      functools.partial(sweep_init, model=model, optimizer=optimizer),
+      out_shardings=per_member)
+  init_args = (
+      data.train_images,
+      put_global(init_rows, sharding("members", "data")
+                 if config.init_batch_size % data_devices == 0 else per_member),
+      init_keys, put_global(members.init_scales, per_member), learning_rates,
+      None if members.data_init is None else put_global(members.data_init, per_member))
+  abstract_state = jax.eval_shape(init_fn, *init_args)
   state_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(abstract_state))
   check_workdir(workdir, CHECKPOINT_HEADROOM_FACTOR * state_bytes)
 
@@ -446,115 +693,144 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   latest = checkpoints.latest_step()
   if latest is not None:
     state = checkpoints.restore(latest, args=ocp.args.StandardRestore(
-        jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated),
+        jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=per_member),
                      abstract_state)))
     logging.info("Resumed from the checkpoint at step %d in %s.", latest, workdir)
   else:
     start = time.perf_counter()
-    state = jax.block_until_ready(init_fn(init_batch, init_key))
-    logging.info("Data-dependent init on %d examples: %.1f s (with compile).",
-                 config.init_batch_size, time.perf_counter() - start)
-  if jax.process_index() == 0:
+    state = jax.block_until_ready(init_fn(*init_args))
+    logging.info("Data-dependent init of %d member(s) on %d examples each: %.1f s "
+                 "(with compile).", num_members, config.init_batch_size,
+                 time.perf_counter() - start)
+  if sweep.is_sweep(config) and jax.process_index() == 0:
     with open(os.path.join(workdir, "config.json"), "w") as f:
       f.write(config.to_json(indent=2))
+  # A plain run's one member records into the workdir itself.
+  records = [_MemberRecords(d, c, latest)
+             for d, c in zip(members.record_dirs, members.configs)]
 
   step_fn = jax.jit(
-      functools.partial(train_step, model=model, tx=tx,
-                        augment_flip=config.data.augment_flip,
+      functools.partial(sweep_train_step, steps_per_epoch=steps_per_epoch, model=model,
+                        optimizer=optimizer, augment_flip=config.data.augment_flip,
                         augment_max_translation=config.data.augment_max_translation),
-      in_shardings=(replicated, data_sharding, data_sharding, replicated),
-      out_shardings=(replicated, replicated), donate_argnums=0)
-  eval_fn = jax.jit(functools.partial(eval_step, model=model),
-                    in_shardings=(replicated, data_sharding, data_sharding, data_sharding),
-                    out_shardings=replicated)
-  norms_fn = jax.jit(weight_norm_stats, out_shardings=replicated)
-  eval_batch_size = -(-config.eval_batch_size // jax.device_count()) * jax.device_count()
+      in_shardings=(per_member, replicated, replicated, sharding("members", None, "data"),
+                    per_member, per_member),
+      out_shardings=(per_member, per_member), donate_argnums=0)
+  eval_fn = jax.jit(functools.partial(sweep_eval_step, model=model),
+                    in_shardings=(per_member, replicated, replicated, sharding("data"),
+                                  sharding("data")),
+                    out_shardings=per_member)
+  norms_fn = jax.jit(jax.vmap(weight_norm_stats), out_shardings=per_member)
+  eval_batch_size = -(-config.eval_batch_size // data_devices) * data_devices
+  eval_batches = [(put_global(rows, sharding("data")), put_global(mask, sharding("data")))
+                  for rows, mask in _eval_rows(data.test_images.shape[0], eval_batch_size)]
 
-  writer = _create_summary_writer(workdir)
-  # A fresh start drops every record of an earlier attempt that died before
-  # its first checkpoint; a resume keeps those up to the restored step.
-  metrics_log = _MetricsLog(workdir, latest if latest is not None else -1)
   log_norms = config.log_norms_every_steps > 0 and bool(
-      jax.eval_shape(weight_norm_stats, state.params))  # False: no WN layer.
-  if log_norms and latest is None:  # ||v|| and g/||v|| right after the init.
-    metrics_log.write(0, jax.device_get(norms_fn(state.params)))
-  first_epoch = int(state.step) // steps_per_epoch
-  last_good_checkpoint = latest
+      jax.eval_shape(weight_norm_stats, jax.tree.map(lambda x: x[0], state.params)))
+
+  def write_norms(step):
+    norms = fetch(norms_fn(state.params))
+    for k, record in enumerate(records):
+      if k not in nonfinite:
+        record.write(step, {name: value[k] for name, value in norms.items()})
 
   def evaluate():
-    sums = {"loss": 0.0, "error": 0.0, "count": 0.0}
-    for x, y, mask in _eval_batches(test_x, test_y, eval_batch_size):
-      out = eval_fn(state, _put_global_batch(x, data_sharding),
-                    _put_global_batch(y, data_sharding),
-                    _put_global_batch(mask, data_sharding))
-      for k in sums:
-        sums[k] += float(out[k])
-    return {"test_loss": sums["loss"] / sums["count"],
-            "test_error": sums["error"] / sums["count"]}
+    sums = None
+    for rows, mask in eval_batches:
+      out = eval_fn(state, data.test_images, data.test_labels, rows, mask)
+      sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
+    sums = fetch(sums)
+    return [{"test_loss": float(sums["loss"][k] / sums["count"][k]),
+             "test_error": float(sums["error"][k] / sums["count"][k])}
+            for k in range(num_members)]
 
-  def check_finite(step, metrics):
-    if not np.isfinite(metrics["loss"]):
-      where = (f"step {last_good_checkpoint} in {checkpoints.directory}"
-               if last_good_checkpoint is not None else "none (no epoch finished)")
-      raise NonFiniteLossError(
-          f"Non-finite training loss {metrics['loss']} at step {step}. Stopped; "
-          f"the last good checkpoint is {where}, left intact. Lower "
-          "config.optimizer.learning_rate and start a new workdir or resume.")
+  # Members stopped by a non-finite loss: index -> (step, loss).
+  nonfinite = {k: (int(s), float("nan"))
+               for k, s in enumerate(fetch(state.nonfinite_step)) if s >= 0}
+  if log_norms and latest is None:  # ||v|| and g/||v|| right after the init.
+    write_norms(0)
+  first_epoch = int(fetch(state.step)[0]) // steps_per_epoch
+  last_good_checkpoint = latest
+
+  def read_window(window, sums):
+    """Fetches the window's metrics [steps, M], adds them to `sums` and
+    records members whose loss turned non-finite in it."""
+    fetched = fetch(window)
+    stopped_at = fetch(state.nonfinite_step)
+    for step, metrics in fetched:
+      for k in range(num_members):
+        if stopped_at[k] < 0 or step < stopped_at[k]:
+          sums["loss"][k] += metrics["loss"][k]
+          sums["error"][k] += metrics["error"][k]
+          sums["count"][k] += 1
+        elif step == stopped_at[k] and k not in nonfinite:
+          nonfinite[k] = (step, float(metrics["loss"][k]))
+          message = (f"non-finite training loss {metrics['loss'][k]} at step {step}; "
+                     "parameters frozen from this step on")
+          logging.warning("Member %s: %s.", os.path.basename(members.record_dirs[k]),
+                          message)
+          if num_members > 1:
+            records[k].write(step, {"nonfinite_loss": float(metrics["loss"][k]),
+                                    "stopped": message})
+    _raise_if_all_stopped(nonfinite, num_members, last_good_checkpoint,
+                          checkpoints.directory)
+    return fetched[-1][1]
 
   for epoch in range(first_epoch, config.num_epochs):
-    epoch_start = time.perf_counter()
-    window_start, window_steps = time.perf_counter(), 0
-    order = input_pipeline.batch_indices(config.seed, epoch, len(train_x), config.batch_size)
-    sums = {"loss": 0.0, "error": 0.0}
-    pending = None  # (step, device metrics): read one step late, no stall.
-    for i, rows in enumerate(order):
+    epoch_start = window_start = time.perf_counter()
+    epoch_rows = put_global(_epoch_rows(members, epoch, num_train, config.batch_size),
+                            sharding("members", None, "data"))
+    sums = {key: np.zeros(num_members) for key in ("loss", "error", "count")}
+    window = []  # (step, device metrics): fetched at log steps, no per-step sync.
+    for i in range(steps_per_epoch):
       step = epoch * steps_per_epoch + i
-      rows = np.sort(rows)  # Faster gather; order within a batch is irrelevant.
-      state, metrics = step_fn(state, _put_global_batch(train_x[rows], data_sharding),
-                               _put_global_batch(train_y[rows], data_sharding), step_key)
-      if pending is not None:
-        done_step, done = jax.device_get(pending)
-        check_finite(done_step, done)
-        sums["loss"] += done["loss"]
-        sums["error"] += done["error"]
-      pending = (step, metrics)
-      window_steps += 1
+      state, metrics = step_fn(state, data.train_images, data.train_labels, epoch_rows,
+                               step_keys, learning_rates)
+      window.append((step, metrics))
       if log_norms and (step + 1) % config.log_norms_every_steps == 0:
-        metrics_log.write(step + 1, jax.device_get(norms_fn(state.params)))
-      if (step + 1) % config.log_every_steps == 0:
+        write_norms(step + 1)
+      if (step + 1) % config.log_every_steps == 0 or i + 1 == steps_per_epoch:
+        last = read_window(window, sums)
         elapsed = time.perf_counter() - window_start
-        images_per_s = window_steps * config.batch_size / elapsed
-        eta = (num_steps - step - 1) * elapsed / window_steps
+        images_per_s = len(window) * config.batch_size / elapsed
+        eta = (num_steps - step - 1) * elapsed / len(window)
         logging.info(
-            "epoch %d step %d/%d loss %.4f lr %.2e %.0f images/s ETA %s",
-            epoch, step + 1, num_steps, float(metrics["loss"]),
-            float(metrics["learning_rate"]), images_per_s,
-            time.strftime("%H:%M:%S", time.gmtime(eta)))
-        window_start, window_steps = time.perf_counter(), 0
-    done_step, done = jax.device_get(pending)
-    check_finite(done_step, done)
-    sums["loss"] += done["loss"]
-    sums["error"] += done["error"]
+            "epoch %d step %d/%d loss %s lr %s %.0f images/s per member (%d) ETA %s",
+            epoch, step + 1, num_steps, " ".join(f"{x:.4f}" for x in last["loss"]),
+            " ".join(f"{x:.2e}" for x in last["learning_rate"]), images_per_s,
+            num_members, time.strftime("%H:%M:%S", time.gmtime(eta)))
+        window, window_start = [], time.perf_counter()
 
     train_time = time.perf_counter() - epoch_start
-    summary = {"train_loss": sums["loss"] / len(order),
-               "train_error": sums["error"] / len(order),
-               "learning_rate": float(done["learning_rate"]),
-               "epoch": epoch + 1, **evaluate(),
-               "epoch_time_s": train_time,
-               "images_per_s": len(order) * config.batch_size / train_time}
-    step = int(state.step)
-    if writer is not None:
-      writer.write_scalars(step, summary)
-    metrics_log.write(step, summary)
-    logging.info("epoch %d: train loss %.4f error %.4f | test loss %.4f error %.4f "
-                 "| %.0f s", epoch + 1, summary["train_loss"], summary["train_error"],
-                 summary["test_loss"], summary["test_error"], train_time)
+    tests = evaluate()
+    step = (epoch + 1) * steps_per_epoch
+    for k, record in enumerate(records):
+      if k in nonfinite:
+        continue
+      summary = {"train_loss": sums["loss"][k] / sums["count"][k],
+                 "train_error": sums["error"][k] / sums["count"][k],
+                 "learning_rate": float(last["learning_rate"][k]),
+                 "epoch": epoch + 1, **tests[k], "epoch_time_s": train_time,
+                 "images_per_s": steps_per_epoch * config.batch_size / train_time}
+      record.write(step, summary, scalars=True)
+      logging.info("%sepoch %d: train loss %.4f error %.4f | test loss %.4f error %.4f "
+                   "| %.0f s", f"{os.path.basename(record.directory)}: "
+                   if num_members > 1 else "", epoch + 1, summary["train_loss"],
+                   summary["train_error"], summary["test_loss"], summary["test_error"],
+                   train_time)
     if (epoch + 1) % config.checkpoint_every_epochs == 0 or epoch + 1 == config.num_epochs:
       checkpoints.save(step, args=ocp.args.StandardSave(state))
       checkpoints.wait_until_finished()
       last_good_checkpoint = step
-  if writer is not None:
-    writer.flush()
+  for record in records:
+    record.close()
   checkpoints.close()
-  return state
+  if num_members > 1:
+    stopped = ", ".join(f"{os.path.basename(members.record_dirs[k])} (step {s})"
+                        for k, (s, _) in sorted(nonfinite.items()))
+    logging.info("Finished %d members: %d trained to the end%s.", num_members,
+                 num_members - len(nonfinite),
+                 f"; stopped by a non-finite loss: {stopped}" if stopped else "")
+  if sweep.is_sweep(config):
+    return state
+  return jax.tree.map(lambda x: x[0], state)
