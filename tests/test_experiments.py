@@ -22,11 +22,15 @@ def test_experiments_hold_the_runs_the_claims_need():
   assert names == ["wn_lr0.001_s0", "wn_nodatainit_lr0.001_s0", "normal_lr0.001_s0"]
 
 
-def _record_launches(monkeypatch, exit_code=0):
+def _record_launches(monkeypatch, exit_code=0, programs=None):
   launched = []
 
-  def fake_launch(run, root, extra_args):
-    launched.append((run.name, run.variant, run.lr, run.seed, root, tuple(extra_args)))
+  def fake_launch(group, root, extra_args, preset):
+    assert preset == "quick"
+    for run in group:
+      launched.append((run.name, run.variant, run.lr, run.seed, root, tuple(extra_args)))
+    if programs is not None:
+      programs.append([run.name for run in group])
     return run.name, exit_code
 
   monkeypatch.setattr(experiments, "launch", fake_launch)
@@ -45,17 +49,33 @@ def test_shared_runs_launch_once_and_the_filter_keeps_only_its_parameterizations
 
   launched.clear()
   experiments.main(["init_ablation", "--root", str(tmp_path), "--parameterizations", "wn"])
-  assert [r[1] for r in launched] == ["wn", "wn,no_data_init"]
+  assert sorted(r[1] for r in launched) == ["wn", "wn,no_data_init"]
+
+
+def test_runs_of_one_parameterization_share_programs_up_to_the_cap(monkeypatch, tmp_path):
+  programs = []
+  _record_launches(monkeypatch, programs=programs)
+  _write_run(tmp_path / "sweeps" / "old" / "wn_lr0.001_s0", num_epochs=10, last_epoch=10)
+  experiments.main(["lr_sweep", "init_ablation", "--root", str(tmp_path),
+                    "--max-members", "3"])
+  # wn_lr0.001_s0 finished inside an earlier sweep's folder: not launched again.
+  assert sorted(programs) == sorted([
+      ["normal_lr0.0003_s0", "normal_lr0.001_s0", "normal_lr0.003_s0"],
+      ["normal_lr0.01_s0", "normal_lr0.03_s0"],
+      ["wn_lr0.0003_s0", "wn_lr0.003_s0", "wn_lr0.01_s0"], ["wn_lr0.03_s0"],
+      ["wn_mobn_lr0.0003_s0", "wn_mobn_lr0.001_s0", "wn_mobn_lr0.003_s0"],
+      ["wn_mobn_lr0.01_s0", "wn_mobn_lr0.03_s0"],
+      ["wn_nodatainit_lr0.001_s0"]])
 
 
 def test_seeds_replace_each_runs_own_seed(monkeypatch, tmp_path):
   launched = _record_launches(monkeypatch)
   experiments.main(["figure2", "init_ablation", "--root", str(tmp_path), "--seeds", "2", "3",
-                    "--parameterizations", "wn", "normal"])
-  assert [r[0] for r in launched] == [
+                    "--parameterizations", "wn", "normal", "--max-members", "1"])
+  assert sorted(r[0] for r in launched) == [
       "normal_lr0.001_s2", "normal_lr0.001_s3", "wn_lr0.001_s2", "wn_lr0.001_s3",
       "wn_nodatainit_lr0.001_s2", "wn_nodatainit_lr0.001_s3"]
-  assert [r[3] for r in launched] == [2, 3] * 3
+  assert sorted(r[3] for r in launched) == [2, 2, 2, 3, 3, 3]
 
 
 def test_unknown_parameterization_is_an_error_that_lists_the_valid_ones(
@@ -91,13 +111,13 @@ def test_finished_means_the_last_epoch_is_logged(tmp_path):
 
 def test_a_finished_run_is_not_launched_again(monkeypatch, tmp_path):
   _write_run(tmp_path / "wn_lr0.001_s0", num_epochs=10, last_epoch=10)
-
-  def no_subprocess(*args, **kwargs):
-    raise AssertionError("a finished run was launched again")
-
-  monkeypatch.setattr(experiments.subprocess, "call", no_subprocess)
-  assert experiments.launch(experiments.Run("wn", 1e-3, 0), str(tmp_path), []) == (
-      "wn_lr0.001_s0", 0)
+  _write_run(tmp_path / "wn_nodatainit_lr0.001_s0", num_epochs=10, last_epoch=9)
+  launched = _record_launches(monkeypatch)
+  assert experiments.main(["init_ablation", "--root", str(tmp_path),
+                           "--parameterizations", "wn"]) == 0
+  assert [r[0] for r in launched] == ["wn_nodatainit_lr0.001_s0"]  # unfinished: resumed
+  assert experiments.record_dir(str(tmp_path), experiments.Run("wn", 1e-3, 0)) == str(
+      tmp_path / "wn_lr0.001_s0")
 
 
 def test_launch_trains_the_named_variant_with_its_lr_and_seed(tmp_path, image_folder):
@@ -107,7 +127,7 @@ def test_launch_trains_the_named_variant_with_its_lr_and_seed(tmp_path, image_fo
             "--config.init_batch_size=20", "--config.eval_batch_size=8"]
   run = experiments.Run("wn", 3e-3, 2, data_init=False)
   assert (run.name, run.variant) == ("wn_nodatainit_lr0.003_s2", "wn,no_data_init")
-  name, code = experiments.launch(run, str(tmp_path), shrink)
+  name, code = experiments.launch([run], str(tmp_path), shrink)
   workdir = tmp_path / name
   assert code == 0, (workdir / "train.log").read_text()[-3000:]
   config = json.loads((workdir / "config.json").read_text())
@@ -115,3 +135,13 @@ def test_launch_trains_the_named_variant_with_its_lr_and_seed(tmp_path, image_fo
   assert config["model"]["data_init"] is False
   assert config["optimizer"]["learning_rate"] == 3e-3 and config["seed"] == 2
   assert experiments.finished(str(workdir))
+
+  # Two runs: one sweep program, each run's records in its own folder.
+  group = [experiments.Run("wn", 1e-3, 0), experiments.Run("wn", 3e-3, 1)]
+  _, code = experiments.launch(group, str(tmp_path), shrink)
+  (sweep_dir,) = (tmp_path / "sweeps").iterdir()
+  assert code == 0, (sweep_dir / "train.log").read_text()[-3000:]
+  for run in group:
+    assert experiments.record_dir(str(tmp_path), run) == str(sweep_dir / run.name)
+    config = json.loads((sweep_dir / run.name / "config.json").read_text())
+    assert (config["optimizer"]["learning_rate"], config["seed"]) == (run.lr, run.seed)

@@ -5,22 +5,34 @@
       --config.data.folder=/path/to/cifar10-jpeg
 
 Each run is `train.py --config configs/cifar.py:<parameterization>,quick`
-with its learning rate and seed, in `<root>/<parameterization>_lr<lr>_s<seed>`
-(so experiments that need the same run share it, and re-launching resumes or
-skips finished runs). Arguments after `--` go to every run. The plots are
-then drawn from the workdirs by `python -m wn_jax.plot`.
+with its learning rate and seed, recorded in a folder named
+`<parameterization>_lr<lr>_s<seed>` (so experiments that need the same run
+share it, and re-launching resumes or skips finished runs). Runs of one
+parameterization (and data-init setting) train together as one sweep
+program (`wn_jax.sweep`), at most `--max-members` per launch, in
+`<root>/sweeps/<group>/` with each run's records in
+`<root>/sweeps/<group>/<run name>/`; a group of one is a plain run in
+`<root>/<run name>/`. `--max-members 1` launches every run on its own.
+Arguments after `--` go to every launch (`--preset ''` drops the quick
+preset: the paper's full schedule). The plots are then drawn from the
+record folders by `python -m wn_jax.plot`.
 """
 
 from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import glob
+import hashlib
+import itertools
 import json
 import os
 import subprocess
 import sys
 from collections.abc import Sequence
 from typing import NamedTuple
+
+from wn_jax import sweep
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PAPER_LEARNING_RATES = (3e-4, 1e-3, 3e-3, 1e-2, 3e-2)
@@ -36,8 +48,7 @@ class Run(NamedTuple):
 
   @property
   def name(self) -> str:
-    return (f"{self.parameterization}{'' if self.data_init else '_nodatainit'}"
-            f"_lr{self.lr:g}_s{self.seed}")
+    return sweep.run_name(self.parameterization, self.lr, self.seed, self.data_init)
 
   @property
   def variant(self) -> str:
@@ -68,19 +79,57 @@ def finished(workdir: str) -> bool:
     return False
 
 
-def launch(run: Run, root: str, extra_args: Sequence[str]) -> tuple[str, int]:
-  """Trains `run` in <root>/<run.name> unless it finished; (name, exit code)."""
-  workdir = os.path.join(root, run.name)
-  if finished(workdir):
-    return run.name, 0
-  os.makedirs(workdir, exist_ok=True)
+def record_dir(root: str, run: Run) -> str:
+  """Where `run`'s records are: <root>/<name>, or inside a sweep's folder.
+
+  A finished copy wins; for a run not yet started, <root>/<name>.
+  """
+  candidates = [os.path.join(root, run.name)] + sorted(
+      glob.glob(os.path.join(glob.escape(root), "sweeps", "*", run.name)))
+  return next((c for c in candidates if finished(c)), candidates[0])
+
+
+def _sweep_workdir(root: str, group: Sequence[Run]) -> str:
+  names = ",".join(sorted(run.name for run in group))
+  digest = hashlib.sha1(names.encode()).hexdigest()[:8]
+  return os.path.join(root, "sweeps",
+                      f"{group[0].variant.replace(',', '_')}_x{len(group)}_{digest}")
+
+
+def launch(group: Sequence[Run], root: str, extra_args: Sequence[str],
+           preset: str = "quick") -> tuple[str, int]:
+  """Trains the runs of `group` (one parameterization and data-init
+  setting) as one program: a plain run for one, a sweep for more.
+
+  Returns (label, exit code); the log is the workdir's train.log.
+  """
+  variant = ",".join(filter(None, [group[0].variant, preset]))
   command = [sys.executable, os.path.join(REPO_ROOT, "train.py"),
-             "--config", os.path.join(REPO_ROOT, "configs", "cifar.py") + f":{run.variant},quick",
-             "--workdir", workdir, f"--config.optimizer.learning_rate={run.lr}",
-             f"--config.seed={run.seed}", *extra_args]
+             "--config", os.path.join(REPO_ROOT, "configs", "cifar.py") + f":{variant}"]
+  if len(group) == 1:
+    workdir = os.path.join(root, group[0].name)
+    command += [f"--config.optimizer.learning_rate={group[0].lr}",
+                f"--config.seed={group[0].seed}"]
+  else:
+    workdir = _sweep_workdir(root, group)
+    command += [f"--config.sweep.learning_rate={tuple(run.lr for run in group)}",
+                f"--config.sweep.seed={tuple(run.seed for run in group)}"]
+  os.makedirs(workdir, exist_ok=True)
   with open(os.path.join(workdir, "train.log"), "a") as log:
-    code = subprocess.call(command, stdout=log, stderr=subprocess.STDOUT)
-  return run.name, code
+    code = subprocess.call([*command, "--workdir", workdir, *extra_args],
+                           stdout=log, stderr=subprocess.STDOUT)
+  return " ".join(run.name for run in group), code
+
+
+def groups(runs: Sequence[Run], max_members: int) -> list[list[Run]]:
+  """Runs that can share one program, at most `max_members` at a time."""
+  def key(run):
+    return (run.parameterization, run.data_init)
+  grouped = []
+  for _, same in itertools.groupby(sorted(runs, key=key), key=key):
+    same = list(same)
+    grouped += [same[i:i + max_members] for i in range(0, len(same), max_members)]
+  return grouped
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -91,7 +140,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("experiments", nargs="+", choices=sorted(EXPERIMENTS))
   parser.add_argument("--root", required=True, help="Folder for the run workdirs.")
-  parser.add_argument("--parallel", type=int, default=1, help="Runs at a time.")
+  parser.add_argument("--parallel", type=int, default=1, help="Launches at a time.")
+  parser.add_argument("--max-members", type=int, default=8, metavar="N",
+                      help="At most N runs per program (1: every run on its own).")
+  parser.add_argument("--preset", default="quick",
+                      help="Config variant added to every run ('' for the paper's "
+                           "full schedule).")
   parser.add_argument("--parameterizations", nargs="+", metavar="NAME",
                       help="Launch only the runs of these parameterizations.")
   parser.add_argument("--seeds", nargs="+", type=int, metavar="SEED",
@@ -108,9 +162,16 @@ def main(argv: Sequence[str] | None = None) -> int:
       parser.error(f"no run of {unknown} in {args.experiments}; "
                    f"their parameterizations are {sorted(known)}")
     runs = [run for run in runs if run.parameterization in args.parameterizations]
+  if args.max_members < 1:
+    parser.error("--max-members must be at least 1")
+  todo = [run for run in runs if not finished(record_dir(args.root, run))]
+  for run in runs:
+    if run not in todo:
+      print(f"{run.name}: finished before", flush=True)
   failed = []
   with concurrent.futures.ThreadPoolExecutor(args.parallel) as pool:
-    futures = [pool.submit(launch, run, args.root, extra) for run in runs]
+    futures = [pool.submit(launch, group, args.root, extra, args.preset)
+               for group in groups(todo, args.max_members)]
     for future in concurrent.futures.as_completed(futures):
       name, code = future.result()
       print(f"{name}: {'done' if code == 0 else f'FAILED (exit {code})'}", flush=True)
