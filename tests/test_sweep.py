@@ -117,9 +117,11 @@ def test_members_may_differ_in_data_init(image_folder, tmp_path, tmp_path_factor
 def test_resumed_sweep_equals_uninterrupted(image_folder, tmp_path):
   config = tiny_config(image_folder, "wn_mobn")
   config.sweep.learning_rate = (1e-3, 2e-3)
+  config.ema_decay = 0.9  # The parameters' moving average resumes too.
   uninterrupted = train.train_and_evaluate(config, str(tmp_path / "a"))
   first = _one_epoch(tiny_config(image_folder, "wn_mobn"))  # killed after epoch 1
   first.sweep.learning_rate = (1e-3, 2e-3)
+  first.ema_decay = 0.9
   train.train_and_evaluate(first, str(tmp_path / "b"))
   # The user restarts with the full schedule (only num_epochs grew).
   os.remove(tmp_path / "b" / "config.json")
@@ -166,11 +168,10 @@ def test_sweep_lists_of_different_lengths_or_twins_fail(image_folder):
   with pytest.raises(ValueError, match=r"sweep.seed has 3, config.sweep.learning_rate "
                                        r"has 2 values.*same length"):
     train.validate_config(config, num_devices=1)
-  config.sweep.seed = (0, 0)
+  config.sweep.seed, config.sweep.learning_rate = (0, 0), ()
   with pytest.raises(ValueError, match=r"identical members \['wn_lr0.001_s0'\]"):
     train.validate_config(config, num_devices=1)
   config.sweep.seed = (0, 1, 2)
-  config.sweep.learning_rate = ()
   config.sweep.member_shards = 2
   with pytest.raises(ValueError, match="member_shards=2 must divide both the 8 devices "
                                        "and the 3 members"):

@@ -76,12 +76,15 @@ class TrainState:
     BN / mean-only BN) and 'frozen' (the paper's `normal` data-init scale).
   nonfinite_step: -1, or the step whose training loss was NaN or inf; from
     that step on the member's parameters are no longer updated.
+  ema_params: exponential moving average of `params` (Polyak averaging,
+    `config.ema_decay`), or None when it is off.
   """
   step: Array
   params: PyTree
   model_state: PyTree
   opt_state: optax.OptState
   nonfinite_step: Array
+  ema_params: PyTree = None
 
 
 # ---------------------------------------------------------------------------
@@ -140,6 +143,9 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
                      "<root with train/ and test/ class folders>.")
   if config.data.augment_max_translation < 0:
     raise ValueError("config.data.augment_max_translation must be >= 0.")
+  if not 0 <= config.ema_decay < 1:
+    raise ValueError(f"config.ema_decay must lie in [0, 1) (0 = off), got "
+                     f"{config.ema_decay!r}.")
   if config.matmul_precision not in MATMUL_PRECISIONS:
     raise ValueError(f"config.matmul_precision must be one of {MATMUL_PRECISIONS}, got "
                      f"{config.matmul_precision!r}.")
@@ -221,7 +227,7 @@ Optimizer = Callable[[Array], optax.GradientTransformation]  # base lr -> Adam
 
 def initialize(init_batch: Array, init_key: Array, init_scale: Array,
                learning_rate: Array, *, model: models.CifarNet, optimizer: Optimizer,
-               data_init: Array | None = None) -> TrainState:
+               data_init: Array | None = None, ema: bool = False) -> TrainState:
   """The data-dependent init of one member, then its optimizer state.
 
   Runs in training mode (noise and dropout on), as the authors' code does.
@@ -229,6 +235,7 @@ def initialize(init_batch: Array, init_key: Array, init_scale: Array,
   (traced in a sweep). `data_init`: None uses `model.data_init`; a boolean
   scalar (traced in a sweep that mixes both) selects between the
   data-dependent init and `g = ||v||, b = 0` of the same draw of `v`.
+  `ema`: start a moving average of the parameters at their initial values.
   """
   params_key, noise_key, dropout_key = jax.random.split(init_key, 3)
   rngs = {"params": params_key, "noise": noise_key, "dropout": dropout_key}
@@ -248,19 +255,22 @@ def initialize(init_batch: Array, init_key: Array, init_scale: Array,
   return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                     model_state=dict(variables),
                     opt_state=optimizer(learning_rate).init(params),
-                    nonfinite_step=jnp.full((), -1, jnp.int32))
+                    nonfinite_step=jnp.full((), -1, jnp.int32),
+                    ema_params=params if ema else None)
 
 
 def train_step(state: TrainState, images: Array, labels: Array, step_key: Array,
                learning_rate: Array, *, model: models.CifarNet, optimizer: Optimizer,
-               augment_flip: bool, augment_max_translation: int
+               augment_flip: bool, augment_max_translation: int, ema_decay: float = 0.0
                ) -> tuple[TrainState, dict[str, Array]]:
   """One Adam step of one member on a batch.
 
   images [B, H, W, C] float32, labels [B] int32, `learning_rate` the
   member's base learning rate (scalar). Returns the new state and metrics
   {loss, error, learning_rate} of the batch (noise and dropout on, batch
-  statistics), computed before the update.
+  statistics), computed before the update. If the state carries
+  `ema_params`, they become `ema_decay * ema + (1 - ema_decay) * params`
+  with the updated params.
   """
   rngs = _step_rngs(step_key, state.step)
   images = input_pipeline.augment(rngs.pop("augment"), images, augment_flip,
@@ -276,11 +286,12 @@ def train_step(state: TrainState, images: Array, labels: Array, step_key: Array,
   (loss, (error, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   param_updates, opt_state = optimizer(learning_rate).update(
       grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, param_updates)
   new_state = state.replace(
-      step=state.step + 1,
-      params=optax.apply_updates(state.params, param_updates),
-      model_state={**state.model_state, **updates},
-      opt_state=opt_state)
+      step=state.step + 1, params=params,
+      model_state={**state.model_state, **updates}, opt_state=opt_state,
+      ema_params=optax.incremental_update(params, state.ema_params, 1 - ema_decay)
+      if state.ema_params is not None else None)
   metrics = {"loss": loss, "error": error,
              "learning_rate": state.opt_state.hyperparams["learning_rate"]}
   return new_state, metrics
@@ -297,6 +308,7 @@ def keep_finite(state: TrainState, new_state: TrainState, loss: Array) -> TrainS
       params=keep(new_state.params, state.params),
       model_state=keep(new_state.model_state, state.model_state),
       opt_state=keep(new_state.opt_state, state.opt_state),
+      ema_params=keep(new_state.ema_params, state.ema_params),
       nonfinite_step=jnp.where(healthy & ~update, state.step, state.nonfinite_step))
 
 
@@ -490,9 +502,9 @@ class _MetricsLog:
     if jax.process_index() != 0:
       return
     with open(self.path, "a") as f:
-      record = {k: v if isinstance(v, int) else float(v) for k, v in metrics.items()}
+      record = {k: v if isinstance(v, (int, str)) else float(v)
+                for k, v in metrics.items()}
       f.write(json.dumps({"step": step, **record}) + "\n")
-
 
 
 class _MemberRecords:
@@ -615,17 +627,220 @@ def _init_rows(members: Members, num_examples: int, init_batch_size: int) -> np.
                            [:init_batch_size]) for seed in members.seeds]).astype(np.int32)
 
 
-def _raise_if_all_stopped(nonfinite: Mapping[int, tuple[int, float]], num_members: int,
-                          last_good_checkpoint: int | None, checkpoint_dir: str) -> None:
-  if len(nonfinite) < num_members:
-    return
-  where = (f"step {last_good_checkpoint} in {checkpoint_dir}"
-           if last_good_checkpoint is not None else "none (no epoch finished)")
-  step, loss = min(nonfinite.values())
-  raise NonFiniteLossError(
-      f"Non-finite training loss {loss} at step {step}. Stopped; "
-      f"the last good checkpoint is {where}, left intact. Lower "
-      "config.optimizer.learning_rate and start a new workdir or resume.")
+class Program(NamedTuple):
+  """A run's placements and jitted functions, built once per start."""
+  mesh: Mesh
+  members: Members
+  data: DeviceData
+  steps_per_epoch: int
+  learning_rates: Array  # [M]
+  step_keys: Array  # [M] keys
+  init_fn: Callable[..., TrainState]
+  init_args: tuple
+  step_fn: Callable[..., tuple[TrainState, dict[str, Array]]]
+  eval_fn: Callable[..., dict[str, Array]]
+  eval_batches: list[tuple[Array, Array]]  # (rows, mask), each [eval batch]
+  norms_fn: Callable[[PyTree], dict[str, Array]] | None  # None: no WN layer.
+
+  def sharding(self, *spec) -> NamedSharding:
+    return NamedSharding(self.mesh, PartitionSpec(*spec))
+
+
+def build_program(config: ml_collections.ConfigDict, mesh: Mesh, members: Members,
+                  data: DeviceData) -> Program:
+  """The model, the keys and the jitted init, step, eval and norms."""
+  def sharding(*spec):
+    return NamedSharding(mesh, PartitionSpec(*spec))
+
+  replicated, per_member = sharding(), sharding("members")
+  data_devices = mesh.shape["data"]
+  num_train = data.train_images.shape[0]
+  steps_per_epoch = num_train // config.batch_size
+  model = create_model(config, num_classes=data.num_classes)
+  optimizer = functools.partial(create_optimizer, config, steps_per_epoch)
+  learning_rates = put_global(members.learning_rates, per_member)
+  # Each member's init and training draw from separate streams of its seed;
+  # step keys are fold_in(step_key, step) inside the step.
+  init_keys, step_keys = jax.jit(
+      jax.vmap(lambda seed: tuple(jax.random.split(jax.random.key(seed)))),
+      out_shardings=per_member)(put_global(members.seeds, per_member))
+  init_rows = _init_rows(members, num_train, config.init_batch_size)
+  init_args = (
+      data.train_images,
+      put_global(init_rows, sharding("members", "data")
+                 if config.init_batch_size % data_devices == 0 else per_member),
+      init_keys, put_global(members.init_scales, per_member), learning_rates,
+      None if members.data_init is None else put_global(members.data_init, per_member))
+  init_fn = jax.jit(functools.partial(sweep_init, model=model, optimizer=optimizer,
+                                      ema=config.ema_decay > 0),
+                    out_shardings=per_member)
+  step_fn = jax.jit(
+      functools.partial(sweep_train_step, steps_per_epoch=steps_per_epoch, model=model,
+                        optimizer=optimizer, augment_flip=config.data.augment_flip,
+                        augment_max_translation=config.data.augment_max_translation,
+                        ema_decay=config.ema_decay),
+      in_shardings=(per_member, replicated, replicated, sharding("members", None, "data"),
+                    per_member, per_member),
+      out_shardings=(per_member, per_member), donate_argnums=0)
+  eval_fn = jax.jit(functools.partial(sweep_eval_step, model=model),
+                    in_shardings=(per_member, replicated, replicated, sharding("data"),
+                                  sharding("data")),
+                    out_shardings=per_member)
+  eval_batch_size = -(-config.eval_batch_size // data_devices) * data_devices
+  eval_batches = [(put_global(rows, sharding("data")), put_global(mask, sharding("data")))
+                  for rows, mask in _eval_rows(data.test_images.shape[0], eval_batch_size)]
+  one_member = jax.eval_shape(lambda *a: jax.tree.map(lambda x: x[0], init_fn(*a)),
+                              *init_args)
+  has_norms = bool(jax.eval_shape(weight_norm_stats, one_member.params))
+  norms_fn = (jax.jit(jax.vmap(weight_norm_stats), out_shardings=per_member)
+              if config.log_norms_every_steps > 0 and has_norms else None)
+  return Program(mesh, members, data, steps_per_epoch, learning_rates, step_keys,
+                 init_fn, init_args, step_fn, eval_fn, eval_batches, norms_fn)
+
+
+def init_or_restore(config: ml_collections.ConfigDict, workdir: str, program: Program
+                    ) -> tuple[TrainState, ocp.CheckpointManager, int | None]:
+  """The newest checkpoint in `workdir`, else the data-dependent init.
+
+  Returns (state, checkpoint manager, restored step or None).
+  """
+  abstract_state = jax.eval_shape(program.init_fn, *program.init_args)
+  state_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(abstract_state))
+  check_workdir(workdir, CHECKPOINT_HEADROOM_FACTOR * state_bytes)
+  checkpoints = ocp.CheckpointManager(
+      os.path.abspath(os.path.join(workdir, "checkpoints")),
+      options=ocp.CheckpointManagerOptions(max_to_keep=config.keep_checkpoints,
+                                           create=True))
+  latest = checkpoints.latest_step()
+  if latest is not None:
+    per_member = program.sharding("members")
+    state = checkpoints.restore(latest, args=ocp.args.StandardRestore(
+        jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=per_member),
+                     abstract_state)))
+    logging.info("Resumed from the checkpoint at step %d in %s.", latest, workdir)
+  else:
+    start = time.perf_counter()
+    state = jax.block_until_ready(program.init_fn(*program.init_args))
+    logging.info("Data-dependent init of %d member(s) on %d examples each: %.1f s "
+                 "(with compile).", len(program.members.configs), config.init_batch_size,
+                 time.perf_counter() - start)
+  return state, checkpoints, latest
+
+
+def _evaluate_params(program: Program, state: TrainState, prefix: str
+                     ) -> list[dict[str, float]]:
+  sums = None
+  for rows, mask in program.eval_batches:
+    out = program.eval_fn(state, program.data.test_images, program.data.test_labels,
+                          rows, mask)
+    sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
+  sums = fetch(sums)
+  return [{f"{prefix}_loss": float(sums["loss"][k] / sums["count"][k]),
+           f"{prefix}_error": float(sums["error"][k] / sums["count"][k])}
+          for k in range(len(program.members.configs))]
+
+
+def evaluate(program: Program, state: TrainState) -> list[dict[str, float]]:
+  """Test loss and error of every member (deterministic mode); with a moving
+  average of the parameters, also theirs ('ema_test_loss', 'ema_test_error')."""
+  results = _evaluate_params(program, state, "test")
+  if state.ema_params is not None:
+    averaged = _evaluate_params(program, state.replace(params=state.ema_params), "ema_test")
+    results = [{**raw, **avg} for raw, avg in zip(results, averaged)]
+  return results
+
+
+class _Records:
+  """The members' records, and which members a non-finite loss stopped."""
+
+  def __init__(self, config, workdir, members: Members, state: TrainState,
+               latest: int | None):
+    if sweep.is_sweep(config) and jax.process_index() == 0:
+      with open(os.path.join(workdir, "config.json"), "w") as f:
+        f.write(config.to_json(indent=2))
+    # A plain run's one member records into the workdir itself.
+    self.members = [_MemberRecords(d, c, latest)
+                    for d, c in zip(members.record_dirs, members.configs)]
+    self.names = [os.path.basename(d) for d in members.record_dirs]
+    # index -> (step, loss) of members stopped by a non-finite loss.
+    self.nonfinite = {k: (int(s), float("nan"))
+                      for k, s in enumerate(fetch(state.nonfinite_step)) if s >= 0}
+
+  def active(self):
+    return [(k, r) for k, r in enumerate(self.members) if k not in self.nonfinite]
+
+  def write_norms(self, step: int, norms: Mapping[str, np.ndarray]) -> None:
+    for k, record in self.active():
+      record.write(step, {name: value[k] for name, value in norms.items()})
+
+  def add_window(self, window, stopped_at: np.ndarray, sums) -> None:
+    """Adds fetched (step, metrics [M]) pairs to the epoch's `sums`; a member's
+    first non-finite step is recorded and ends its sums."""
+    for step, metrics in window:
+      for k in range(len(self.members)):
+        if stopped_at[k] < 0 or step < stopped_at[k]:
+          sums["loss"][k] += metrics["loss"][k]
+          sums["error"][k] += metrics["error"][k]
+          sums["count"][k] += 1
+        elif step == stopped_at[k] and k not in self.nonfinite:
+          self.nonfinite[k] = (step, float(metrics["loss"][k]))
+          message = (f"non-finite training loss {metrics['loss'][k]} at step {step}; "
+                     "parameters frozen from this step on")
+          logging.warning("Member %s: %s.", self.names[k], message)
+          if len(self.members) > 1:
+            self.members[k].write(step, {"nonfinite_loss": float(metrics["loss"][k]),
+                                         "stopped": message})
+
+  def close(self) -> None:
+    for record in self.members:
+      record.close()
+    if len(self.members) > 1:
+      stopped = ", ".join(f"{self.names[k]} (step {s})"
+                          for k, (s, _) in sorted(self.nonfinite.items()))
+      logging.info("Finished %d members: %d trained to the end%s.", len(self.members),
+                   len(self.members) - len(self.nonfinite),
+                   f"; stopped by a non-finite loss: {stopped}" if stopped else "")
+
+
+def train_epoch(config: ml_collections.ConfigDict, program: Program, state: TrainState,
+                epoch: int, records: _Records, stop_if_all_stopped: Callable[[], None]
+                ) -> tuple[TrainState, dict[str, np.ndarray], dict[str, np.ndarray]]:
+  """One epoch of every member. Metrics leave the device only at log steps.
+
+  Returns the state, the epoch's summed metrics {loss, error, count} [M]
+  and the last step's metrics.
+  """
+  num_members = len(program.members.configs)
+  steps_per_epoch = program.steps_per_epoch
+  num_steps = steps_per_epoch * config.num_epochs
+  epoch_rows = put_global(
+      _epoch_rows(program.members, epoch, program.data.train_images.shape[0],
+                  config.batch_size), program.sharding("members", None, "data"))
+  sums = {key: np.zeros(num_members) for key in ("loss", "error", "count")}
+  window, window_start = [], time.perf_counter()
+  for i in range(steps_per_epoch):
+    step = epoch * steps_per_epoch + i
+    state, metrics = program.step_fn(state, program.data.train_images,
+                                     program.data.train_labels, epoch_rows,
+                                     program.step_keys, program.learning_rates)
+    window.append((step, metrics))
+    if program.norms_fn and (step + 1) % config.log_norms_every_steps == 0:
+      records.write_norms(step + 1, fetch(program.norms_fn(state.params)))
+    if (step + 1) % config.log_every_steps == 0 or i + 1 == steps_per_epoch:
+      window = fetch(window)
+      records.add_window(window, fetch(state.nonfinite_step), sums)
+      stop_if_all_stopped()
+      last = window[-1][1]
+      elapsed = time.perf_counter() - window_start
+      logging.info(
+          "epoch %d step %d/%d loss %s lr %s %.0f images/s per member (%d) ETA %s",
+          epoch, step + 1, num_steps, " ".join(f"{x:.4f}" for x in last["loss"]),
+          " ".join(f"{x:.2e}" for x in last["learning_rate"]),
+          len(window) * config.batch_size / elapsed, num_members,
+          time.strftime("%H:%M:%S", time.gmtime(
+              (num_steps - step - 1) * elapsed / len(window))))
+      window, window_start = [], time.perf_counter()
+  return state, sums, last
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
@@ -652,185 +867,49 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Trai
   check_workdir(workdir, needed_bytes=0)
   mesh = create_mesh(config.sweep.member_shards)
   members = sweep_members(config, workdir)
-  num_members = len(members.configs)
-  data_devices = mesh.shape["data"]
-  data = load_data(config, mesh)
-
-  def sharding(*spec):
-    return NamedSharding(mesh, PartitionSpec(*spec))
-
-  replicated, per_member = sharding(), sharding("members")
-  num_train = data.train_images.shape[0]
-  steps_per_epoch = num_train // config.batch_size
-  num_steps = steps_per_epoch * config.num_epochs
-  model = create_model(config, num_classes=data.num_classes)
-  optimizer = functools.partial(create_optimizer, config, steps_per_epoch)
-  learning_rates = put_global(members.learning_rates, per_member)
-  # Each member's init and training draw from separate streams of its seed;
-  # step keys are fold_in(step_key, step) inside the step.
-  init_keys, step_keys = jax.jit(
-      jax.vmap(lambda seed: tuple(jax.random.split(jax.random.key(seed)))),
-      out_shardings=per_member)(put_global(members.seeds, per_member))
-
-  init_rows = _init_rows(members, num_train, config.init_batch_size)
-  init_fn = jax.jit(
-      functools.partial(sweep_init, model=model, optimizer=optimizer),
-      out_shardings=per_member)
-  init_args = (
-      data.train_images,
-      put_global(init_rows, sharding("members", "data")
-                 if config.init_batch_size % data_devices == 0 else per_member),
-      init_keys, put_global(members.init_scales, per_member), learning_rates,
-      None if members.data_init is None else put_global(members.data_init, per_member))
-  abstract_state = jax.eval_shape(init_fn, *init_args)
-  state_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(abstract_state))
-  check_workdir(workdir, CHECKPOINT_HEADROOM_FACTOR * state_bytes)
-
-  checkpoints = ocp.CheckpointManager(
-      os.path.abspath(os.path.join(workdir, "checkpoints")),
-      options=ocp.CheckpointManagerOptions(max_to_keep=config.keep_checkpoints,
-                                           create=True))
-  latest = checkpoints.latest_step()
-  if latest is not None:
-    state = checkpoints.restore(latest, args=ocp.args.StandardRestore(
-        jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=per_member),
-                     abstract_state)))
-    logging.info("Resumed from the checkpoint at step %d in %s.", latest, workdir)
-  else:
-    start = time.perf_counter()
-    state = jax.block_until_ready(init_fn(*init_args))
-    logging.info("Data-dependent init of %d member(s) on %d examples each: %.1f s "
-                 "(with compile).", num_members, config.init_batch_size,
-                 time.perf_counter() - start)
-  if sweep.is_sweep(config) and jax.process_index() == 0:
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(config.to_json(indent=2))
-  # A plain run's one member records into the workdir itself.
-  records = [_MemberRecords(d, c, latest)
-             for d, c in zip(members.record_dirs, members.configs)]
-
-  step_fn = jax.jit(
-      functools.partial(sweep_train_step, steps_per_epoch=steps_per_epoch, model=model,
-                        optimizer=optimizer, augment_flip=config.data.augment_flip,
-                        augment_max_translation=config.data.augment_max_translation),
-      in_shardings=(per_member, replicated, replicated, sharding("members", None, "data"),
-                    per_member, per_member),
-      out_shardings=(per_member, per_member), donate_argnums=0)
-  eval_fn = jax.jit(functools.partial(sweep_eval_step, model=model),
-                    in_shardings=(per_member, replicated, replicated, sharding("data"),
-                                  sharding("data")),
-                    out_shardings=per_member)
-  norms_fn = jax.jit(jax.vmap(weight_norm_stats), out_shardings=per_member)
-  eval_batch_size = -(-config.eval_batch_size // data_devices) * data_devices
-  eval_batches = [(put_global(rows, sharding("data")), put_global(mask, sharding("data")))
-                  for rows, mask in _eval_rows(data.test_images.shape[0], eval_batch_size)]
-
-  log_norms = config.log_norms_every_steps > 0 and bool(
-      jax.eval_shape(weight_norm_stats, jax.tree.map(lambda x: x[0], state.params)))
-
-  def write_norms(step):
-    norms = fetch(norms_fn(state.params))
-    for k, record in enumerate(records):
-      if k not in nonfinite:
-        record.write(step, {name: value[k] for name, value in norms.items()})
-
-  def evaluate():
-    sums = None
-    for rows, mask in eval_batches:
-      out = eval_fn(state, data.test_images, data.test_labels, rows, mask)
-      sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
-    sums = fetch(sums)
-    return [{"test_loss": float(sums["loss"][k] / sums["count"][k]),
-             "test_error": float(sums["error"][k] / sums["count"][k])}
-            for k in range(num_members)]
-
-  # Members stopped by a non-finite loss: index -> (step, loss).
-  nonfinite = {k: (int(s), float("nan"))
-               for k, s in enumerate(fetch(state.nonfinite_step)) if s >= 0}
-  if log_norms and latest is None:  # ||v|| and g/||v|| right after the init.
-    write_norms(0)
-  first_epoch = int(fetch(state.step)[0]) // steps_per_epoch
+  program = build_program(config, mesh, members, load_data(config, mesh))
+  state, checkpoints, latest = init_or_restore(config, workdir, program)
+  records = _Records(config, workdir, members, state, latest)
+  if program.norms_fn and latest is None:  # ||v|| and g/||v|| right after the init.
+    records.write_norms(0, fetch(program.norms_fn(state.params)))
   last_good_checkpoint = latest
 
-  def read_window(window, sums):
-    """Fetches the window's metrics [steps, M], adds them to `sums` and
-    records members whose loss turned non-finite in it."""
-    fetched = fetch(window)
-    stopped_at = fetch(state.nonfinite_step)
-    for step, metrics in fetched:
-      for k in range(num_members):
-        if stopped_at[k] < 0 or step < stopped_at[k]:
-          sums["loss"][k] += metrics["loss"][k]
-          sums["error"][k] += metrics["error"][k]
-          sums["count"][k] += 1
-        elif step == stopped_at[k] and k not in nonfinite:
-          nonfinite[k] = (step, float(metrics["loss"][k]))
-          message = (f"non-finite training loss {metrics['loss'][k]} at step {step}; "
-                     "parameters frozen from this step on")
-          logging.warning("Member %s: %s.", os.path.basename(members.record_dirs[k]),
-                          message)
-          if num_members > 1:
-            records[k].write(step, {"nonfinite_loss": float(metrics["loss"][k]),
-                                    "stopped": message})
-    _raise_if_all_stopped(nonfinite, num_members, last_good_checkpoint,
-                          checkpoints.directory)
-    return fetched[-1][1]
+  def stop_if_all_stopped():
+    if len(records.nonfinite) < len(members.configs):
+      return
+    where = (f"step {last_good_checkpoint} in {checkpoints.directory}"
+             if last_good_checkpoint is not None else "none (no epoch finished)")
+    step, loss = min(records.nonfinite.values())
+    raise NonFiniteLossError(
+        f"Non-finite training loss {loss} at step {step}. Stopped; the last good "
+        f"checkpoint is {where}, left intact. Lower config.optimizer.learning_rate "
+        "and start a new workdir or resume.")
 
+  first_epoch = int(fetch(state.step)[0]) // program.steps_per_epoch
   for epoch in range(first_epoch, config.num_epochs):
-    epoch_start = window_start = time.perf_counter()
-    epoch_rows = put_global(_epoch_rows(members, epoch, num_train, config.batch_size),
-                            sharding("members", None, "data"))
-    sums = {key: np.zeros(num_members) for key in ("loss", "error", "count")}
-    window = []  # (step, device metrics): fetched at log steps, no per-step sync.
-    for i in range(steps_per_epoch):
-      step = epoch * steps_per_epoch + i
-      state, metrics = step_fn(state, data.train_images, data.train_labels, epoch_rows,
-                               step_keys, learning_rates)
-      window.append((step, metrics))
-      if log_norms and (step + 1) % config.log_norms_every_steps == 0:
-        write_norms(step + 1)
-      if (step + 1) % config.log_every_steps == 0 or i + 1 == steps_per_epoch:
-        last = read_window(window, sums)
-        elapsed = time.perf_counter() - window_start
-        images_per_s = len(window) * config.batch_size / elapsed
-        eta = (num_steps - step - 1) * elapsed / len(window)
-        logging.info(
-            "epoch %d step %d/%d loss %s lr %s %.0f images/s per member (%d) ETA %s",
-            epoch, step + 1, num_steps, " ".join(f"{x:.4f}" for x in last["loss"]),
-            " ".join(f"{x:.2e}" for x in last["learning_rate"]), images_per_s,
-            num_members, time.strftime("%H:%M:%S", time.gmtime(eta)))
-        window, window_start = [], time.perf_counter()
-
+    epoch_start = time.perf_counter()
+    state, sums, last = train_epoch(config, program, state, epoch, records,
+                                    stop_if_all_stopped)
     train_time = time.perf_counter() - epoch_start
-    tests = evaluate()
-    step = (epoch + 1) * steps_per_epoch
-    for k, record in enumerate(records):
-      if k in nonfinite:
-        continue
+    tests = evaluate(program, state)
+    step = (epoch + 1) * program.steps_per_epoch
+    for k, record in records.active():
       summary = {"train_loss": sums["loss"][k] / sums["count"][k],
                  "train_error": sums["error"][k] / sums["count"][k],
                  "learning_rate": float(last["learning_rate"][k]),
                  "epoch": epoch + 1, **tests[k], "epoch_time_s": train_time,
-                 "images_per_s": steps_per_epoch * config.batch_size / train_time}
+                 "images_per_s": program.steps_per_epoch * config.batch_size / train_time}
       record.write(step, summary, scalars=True)
       logging.info("%sepoch %d: train loss %.4f error %.4f | test loss %.4f error %.4f "
-                   "| %.0f s", f"{os.path.basename(record.directory)}: "
-                   if num_members > 1 else "", epoch + 1, summary["train_loss"],
-                   summary["train_error"], summary["test_loss"], summary["test_error"],
-                   train_time)
+                   "| %.0f s", f"{records.names[k]}: " if len(members.configs) > 1 else "",
+                   epoch + 1, summary["train_loss"], summary["train_error"],
+                   summary["test_loss"], summary["test_error"], train_time)
     if (epoch + 1) % config.checkpoint_every_epochs == 0 or epoch + 1 == config.num_epochs:
       checkpoints.save(step, args=ocp.args.StandardSave(state))
       checkpoints.wait_until_finished()
       last_good_checkpoint = step
-  for record in records:
-    record.close()
+  records.close()
   checkpoints.close()
-  if num_members > 1:
-    stopped = ", ".join(f"{os.path.basename(members.record_dirs[k])} (step {s})"
-                        for k, (s, _) in sorted(nonfinite.items()))
-    logging.info("Finished %d members: %d trained to the end%s.", num_members,
-                 num_members - len(nonfinite),
-                 f"; stopped by a non-finite loss: {stopped}" if stopped else "")
   if sweep.is_sweep(config):
     return state
   return jax.tree.map(lambda x: x[0], state)
