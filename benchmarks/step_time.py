@@ -92,6 +92,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                       help="config.model.dtype (compute dtype)")
   parser.add_argument("--matmul-size", type=int, default=4096,
                       help="n of the n x n @ n x n matmul that measures the peak")
+  parser.add_argument("--torch-compile", default="", metavar="MODE",
+                      help="Also time the torch reference under torch.compile(mode=MODE), "
+                           "e.g. max-autotune (TF32 allowed, fused Adam on CUDA).")
   parser.add_argument("--torch", action=argparse.BooleanOptionalAction, default=True,
                       help="also time the PyTorch reference (normal and wn)")
   parser.add_argument("--json", metavar="PATH", help="write the raw numbers here")
@@ -384,14 +387,20 @@ def torch_rows(args: argparse.Namespace) -> tuple[list[dict[str, Any]], str]:
   threads = _usable_cores()
   torch.set_num_threads(threads)
   rows = []
-  for name, weight_norm in (("normal", False), ("wn", True)):
-    timing = torch_reference.time_train_step(
-        args.width, weight_norm, args.batch_size, args.reps, args.warmup,
-        device=device, dtype=args.dtype)
-    rows.append({"parameterization": name, "device": device, **timing})
+  modes = [None] + ([args.torch_compile] if args.torch_compile else [])
+  for mode in modes:
+    for name, weight_norm in (("normal", False), ("wn", True)):
+      timing = torch_reference.time_train_step(
+          args.width, weight_norm, args.batch_size, args.reps, args.warmup,
+          device=device, dtype=args.dtype, compile_mode=mode)
+      rows.append({"parameterization": name if mode is None
+                   else f"{name} (torch.compile {mode}, TF32, fused Adam)",
+                   "device": device, **timing})
   device_name = (torch.cuda.get_device_name() if device == "cuda"
                  else f"CPU, {threads} threads")
-  return rows, f"torch {torch.__version__}, eager, {device_name}"
+  return rows, (f"torch {torch.__version__}, eager"
+                f"{f' and compiled ({args.torch_compile})' if args.torch_compile else ''}, "
+                f"{device_name}")
 
 
 # ---------------------------------------------------------------------------
@@ -548,8 +557,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     torch_results, note = [], "Skipped (--no-torch)."
   jax_by_name = {r["parameterization"]: r for r in rows}
   for t in torch_results:
-    if t["parameterization"] in jax_by_name:
-      t["jax_images_per_s"] = jax_by_name[t["parameterization"]]["images_per_s"]
+    name = t["parameterization"].split(" ")[0]  # compiled rows compare with the same JAX row
+    if name in jax_by_name:
+      t["jax_images_per_s"] = jax_by_name[name]["images_per_s"]
       t["jax_over_torch"] = t["jax_images_per_s"] / t["images_per_s"]
 
   report = {"machine": machine, "args": vars(args), "matmul_peak_flops": peaks,

@@ -83,12 +83,16 @@ def _synchronize(device: torch.device) -> None:
 
 def time_train_step(width: int, weight_norm: bool, batch_size: int, reps: int,
                     warmup: int, device: str = "cpu", dtype: str = "float32",
-                    image_size: int = 32, seed: int = 0) -> dict[str, float]:
-  """Median seconds of one eager Adam step of `build_net` on random input.
+                    image_size: int = 32, seed: int = 0,
+                    compile_mode: str | None = None) -> dict[str, float]:
+  """Median seconds of one Adam step of `build_net` on random input.
 
   The net and its input are in `channels_last` memory format (NHWC in
   memory, the layout JAX uses); `dtype='bfloat16'` runs under
   `torch.autocast` with float32 parameters, like wn_jax's `model.dtype`.
+  `compile_mode` (e.g. 'max-autotune'): what a PyTorch user tuning for
+  speed runs: `torch.compile(net, mode=compile_mode)`, TF32 allowed for
+  float32 matmuls and convs, and the fused Adam on CUDA; None: eager.
   Returns {'step_s': median, 'images_per_s': ..., 'times_s': [...]}.
   """
   torch.manual_seed(seed)
@@ -96,7 +100,12 @@ def time_train_step(width: int, weight_norm: bool, batch_size: int, reps: int,
   net = build_net(width, weight_norm=weight_norm).to(
       device=device, memory_format=torch.channels_last)
   net.train()
-  optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
+  fused = compile_mode is not None and device.type == "cuda"
+  optimizer = torch.optim.Adam(net.parameters(), lr=1e-3, fused=fused or None)
+  if compile_mode is not None:
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    net = torch.compile(net, mode=compile_mode)
   images = torch.randn(batch_size, 3, image_size, image_size, device=device)
   images = images.contiguous(memory_format=torch.channels_last)
   labels = torch.randint(0, 10, (batch_size,), device=device)
