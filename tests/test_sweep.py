@@ -203,8 +203,11 @@ _DRIVER = textwrap.dedent("""
 
 
 def test_members_by_data_mesh_on_eight_devices_matches_one_device(tmp_path_factory, tmp_path):
+  # Unclipped: no max-pool ties (see test_scaling). 16x16, not 12x12: XLA
+  # computes the 12x12 net's VALID conv (kernel = whole input) wrongly with
+  # members sharded, which train refuses (test below).
   folder = make_image_folder(tmp_path_factory.mktemp("unclipped") / "images",
-                             unclipped=True)  # No max-pool ties: see test_scaling.
+                             unclipped=True, image_size=16)
   config = _one_epoch(tiny_config(folder, "wn_mobn"))
   config.batch_size = 8
   config.init_batch_size = 16
@@ -223,3 +226,12 @@ def test_members_by_data_mesh_on_eight_devices_matches_one_device(tmp_path_facto
     for shards in (1, 2):  # members replicated x batch on 8; members on 2 x batch on 4
       np.testing.assert_allclose(saved[f"{shards}{jax.tree_util.keystr(path)}"],
                                  np.asarray(leaf), atol=1e-5, rtol=0)
+
+
+def test_the_shape_xla_partitions_wrongly_is_refused():
+  sharded = type("Mesh", (), {"shape": {"members": 2, "data": 4}})()
+  with pytest.raises(ValueError, match=r"member_shards=2 with \(12, 12\) images: XLA "
+                                       r"partitions .* use member_shards=1"):
+    train._check_member_sharding(sharded, (12, 12))
+  train._check_member_sharding(sharded, (16, 16))  # the VALID conv's input is 4x4
+  train._check_member_sharding(train.create_mesh(1), (12, 12))  # members replicated
