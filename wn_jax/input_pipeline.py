@@ -17,14 +17,20 @@ Everything here works on whole in-memory arrays (CIFAR-10 is 150 MB as uint8
 and 600 MB as float32), so there is no tf.data pipeline: the training loop
 indexes the whitened arrays with `batch_indices`.
 
-Two sources give the same format, `images: uint8 [N, H, W, 3]`,
+Every source gives the same format, `images: uint8 [N, H, W, 3]`,
 `labels: int32 [N]` and the class names:
 
 * `source='folder'`: `<folder>/<split>/<class name>/<image file>`, read with
   Pillow (`load_folder`). Class names sorted alphabetically give the label
   indices, so the class list must be the same in every split;
 * `source='tfds'`: a TensorFlow Datasets name (`load_tfds`), downloaded and
-  prepared by tfds on first use.
+  prepared by tfds on first use;
+* `source='cifar10_python'` / `'cifar10_binary'`: the original CIFAR-10
+  files from https://www.cs.toronto.edu/~kriz/cifar.html, the authors'
+  exact input (`load_cifar10`): `folder` is the extracted
+  `cifar-10-batches-py` / `cifar-10-batches-bin` directory or the
+  downloaded `.tar.gz` itself. Splits: 'train' (data_batch_1..5) and
+  'test' (test_batch).
 """
 
 from __future__ import annotations
@@ -32,6 +38,8 @@ from __future__ import annotations
 import concurrent.futures
 import functools
 import os
+import pickle
+import tarfile
 from typing import Any, NamedTuple
 
 import jax
@@ -39,7 +47,10 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
-VALID_SOURCES = ("tfds", "folder")
+CIFAR10_SOURCES = ("cifar10_python", "cifar10_binary")
+VALID_SOURCES = ("tfds", "folder") + CIFAR10_SOURCES
+# Sources whose files are named by `data_config.folder`.
+PATH_SOURCES = ("folder",) + CIFAR10_SOURCES
 
 FOLDER_LAYOUT = "<folder>/<split>/<class name>/<image file>"
 
@@ -259,14 +270,190 @@ def load_tfds(
   return images.astype(np.uint8), labels, list(label_feature.names)
 
 
+# The original CIFAR-10 files: 32x32 RGB images stored channel-major (CHW),
+# 10,000 per batch file, in the python (pickle) and the binary version.
+CIFAR10_SHAPE_CHW = (3, 32, 32)
+CIFAR10_PIXELS = 3 * 32 * 32
+CIFAR10_SPLIT_FILES = {
+  "cifar10_python": {
+    "train": [f"data_batch_{i}" for i in range(1, 6)],
+    "test": ["test_batch"],
+    "meta": "batches.meta",
+    "dir": "cifar-10-batches-py",
+  },
+  "cifar10_binary": {
+    "train": [f"data_batch_{i}.bin" for i in range(1, 6)],
+    "test": ["test_batch.bin"],
+    "meta": "batches.meta.txt",
+    "dir": "cifar-10-batches-bin",
+  },
+}
+_CIFAR10_HINT = (
+  "Download cifar-10-python.tar.gz or cifar-10-binary.tar.gz from "
+  "https://www.cs.toronto.edu/~kriz/cifar.html and pass "
+  "--config.data.folder=<the .tar.gz, or the cifar-10-batches-py / "
+  "cifar-10-batches-bin directory it extracts to>."
+)
+
+
+class _Cifar10Files:
+  """Reads the member files of a CIFAR-10 directory or .tar.gz archive."""
+
+  def __init__(self, path: str, source: str):
+    self.path = path
+    self.names = CIFAR10_SPLIT_FILES[source]
+    if not path:
+      raise ValueError(f"source={source!r} needs config.data.folder. {_CIFAR10_HINT}")
+    if os.path.isdir(path):
+      self._archive_members = None
+    elif os.path.isfile(path):
+      try:
+        with tarfile.open(path) as archive:
+          # Members are read by base name, so any top-level folder name works.
+          self._archive_members = {
+            os.path.basename(m.name): m.name for m in archive.getmembers() if m.isfile()
+          }
+      except tarfile.TarError as e:
+        raise ValueError(
+          f"{path!r} is neither a directory nor a readable tar archive: {e}. {_CIFAR10_HINT}"
+        ) from e
+    else:
+      raise FileNotFoundError(f"CIFAR-10 data {path!r} does not exist. {_CIFAR10_HINT}")
+
+  def read(self, name: str) -> bytes:
+    """The bytes of member file `name` (e.g. 'data_batch_1')."""
+    if self._archive_members is None:
+      file_path = os.path.join(self.path, name)
+      if not os.path.isfile(file_path):
+        raise FileNotFoundError(
+          f"CIFAR-10 file {file_path!r} is missing (directory {self.path!r} "
+          f"contains {_visible_entries(self.path)}). {_CIFAR10_HINT}"
+        )
+      with open(file_path, "rb") as f:
+        return f.read()
+    if name not in self._archive_members:
+      raise FileNotFoundError(
+        f"CIFAR-10 file {name!r} is missing from the archive {self.path!r} "
+        f"(it holds {sorted(self._archive_members)}). {_CIFAR10_HINT}"
+      )
+    with tarfile.open(self.path) as archive:
+      return archive.extractfile(self._archive_members[name]).read()
+
+
+def _chw_rows_to_hwc(rows: np.ndarray) -> np.ndarray:
+  """uint8 [N, 3072] rows (R plane, G plane, B plane) -> uint8 [N, 32, 32, 3]."""
+  return np.ascontiguousarray(rows.reshape((-1,) + CIFAR10_SHAPE_CHW).transpose(0, 2, 3, 1))
+
+
+def _read_cifar10_python_batch(files: _Cifar10Files, name: str) -> tuple[np.ndarray, np.ndarray]:
+  where = f"{name!r} in {files.path!r}"
+  try:
+    # The batches are Python 2 pickles; bytes keys as in the original.
+    batch = pickle.loads(files.read(name), encoding="bytes")
+  except (pickle.UnpicklingError, EOFError, ValueError, TypeError) as e:
+    raise ValueError(f"CIFAR-10 batch {where} is not a readable pickle: {e}") from e
+  if not isinstance(batch, dict) or b"data" not in batch or b"labels" not in batch:
+    keys = sorted(batch) if isinstance(batch, dict) else type(batch).__name__
+    raise ValueError(f"CIFAR-10 batch {where} has no b'data' / b'labels' (has {keys}).")
+  data = np.asarray(batch[b"data"])
+  labels = np.asarray(batch[b"labels"])
+  if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != CIFAR10_PIXELS:
+    raise ValueError(
+      f"CIFAR-10 batch {where}: b'data' must be uint8 [N, {CIFAR10_PIXELS}], "
+      f"got {data.dtype} {data.shape}."
+    )
+  if labels.shape != (data.shape[0],):
+    raise ValueError(
+      f"CIFAR-10 batch {where}: {labels.shape[0]} labels for {data.shape[0]} images."
+    )
+  return _chw_rows_to_hwc(data), labels.astype(np.int32)
+
+
+def _read_cifar10_binary_batch(files: _Cifar10Files, name: str) -> tuple[np.ndarray, np.ndarray]:
+  raw = np.frombuffer(files.read(name), dtype=np.uint8)
+  record = 1 + CIFAR10_PIXELS
+  if raw.size == 0 or raw.size % record:
+    raise ValueError(
+      f"CIFAR-10 binary file {name!r} in {files.path!r} has {raw.size} bytes, "
+      f"not a positive multiple of the record size {record} (1 label byte + "
+      f"{CIFAR10_PIXELS} pixel bytes)."
+    )
+  records = raw.reshape(-1, record)
+  return _chw_rows_to_hwc(records[:, 1:]), records[:, 0].astype(np.int32)
+
+
+def _read_cifar10_class_names(files: _Cifar10Files, source: str) -> list[str]:
+  raw = files.read(files.names["meta"])
+  if source == "cifar10_binary":
+    return [line.strip() for line in raw.decode("utf-8").splitlines() if line.strip()]
+  try:
+    meta = pickle.loads(raw, encoding="bytes")
+    return [name.decode("utf-8") for name in meta[b"label_names"]]
+  except (pickle.UnpicklingError, EOFError, KeyError, TypeError, AttributeError) as e:
+    raise ValueError(
+      f"{files.names['meta']!r} in {files.path!r} has no readable b'label_names': {e}"
+    ) from e
+
+
+def load_cifar10(
+  path: str, split: str, *, source: str = "cifar10_python"
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
+  """Reads a split of the original CIFAR-10 files into memory.
+
+  The python version holds pickled dicts with `b'data'`: uint8 [10000, 3072]
+  (each row the 1024 red, then green, then blue pixels of one image, each
+  plane row-major) and `b'labels'`; `batches.meta` holds `b'label_names'`.
+  The binary version holds records of 1 label byte + 3072 pixel bytes in the
+  same order; `batches.meta.txt` one class name per line.
+
+  Args:
+    path: the `cifar-10-batches-py` / `cifar-10-batches-bin` directory, or
+      the `.tar.gz` archive that contains it.
+    split: 'train' (data_batch_1..5, 50,000 images) or 'test' (test_batch).
+    source: 'cifar10_python' or 'cifar10_binary'.
+
+  Returns:
+    images: uint8 [num_examples, 32, 32, 3] (HWC).
+    labels: int32 [num_examples], in file order.
+    class_names: [10], label index -> class name.
+
+  Raises:
+    FileNotFoundError: the path or one of the split's files is missing.
+    ValueError: unknown split, unreadable pickle, wrong record size, labels
+      out of range.
+  """
+  if source not in CIFAR10_SPLIT_FILES:
+    raise ValueError(f"source must be one of {CIFAR10_SOURCES}, got {source!r}.")
+  if split not in ("train", "test"):
+    raise ValueError(
+      f"source={source!r} has the splits 'train' (data_batch_1..5) and 'test' "
+      f"(test_batch), got {split!r}."
+    )
+  files = _Cifar10Files(path, source)
+  read_batch = (
+    _read_cifar10_python_batch if source == "cifar10_python" else _read_cifar10_binary_batch
+  )
+  batches = [read_batch(files, name) for name in files.names[split]]
+  class_names = _read_cifar10_class_names(files, source)
+  images = np.concatenate([images for images, _ in batches])
+  labels = np.concatenate([labels for _, labels in batches])
+  if labels.min() < 0 or labels.max() >= len(class_names):
+    raise ValueError(
+      f"CIFAR-10 {split!r} labels in {path!r} lie in [{labels.min()}, {labels.max()}], "
+      f"outside the {len(class_names)} classes {class_names}."
+    )
+  return images, labels, class_names
+
+
 def load_dataset(data_config: Any) -> Dataset:
   """Loads the train and test splits named by the data config.
 
   Args:
     data_config: an ml_collections.ConfigDict with keys
-      `source` ('tfds' or 'folder'), `name` (tfds name, used by 'tfds'),
-      `folder` (data folder, used by 'folder'), `tfds_data_dir` (None or a
-      path, used by 'tfds'), `train_split` and `test_split`.
+      `source` (one of VALID_SOURCES), `name` (tfds name, used by 'tfds'),
+      `folder` (data folder or CIFAR-10 directory/archive, used by the
+      PATH_SOURCES), `tfds_data_dir` (None or a path, used by 'tfds'),
+      `train_split` and `test_split`.
 
   Returns:
     The Dataset, images uint8 [N, H, W, C], labels int32 [N].
@@ -282,6 +469,8 @@ def load_dataset(data_config: Any) -> Dataset:
     load = functools.partial(
       load_tfds, data_config.name, data_dir=data_config.tfds_data_dir or None
     )
+  elif source in CIFAR10_SOURCES:
+    load = functools.partial(load_cifar10, data_config.folder, source=source)
   else:
     raise ValueError(f"Unknown data source {source!r}; valid sources: {VALID_SOURCES}.")
   train_images, train_labels, class_names = load(split=data_config.train_split)
