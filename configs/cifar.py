@@ -58,6 +58,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.data.train_split = "train"
   config.data.test_split = "test"
   config.data.zca_regularization = 1e-5
+  # Where the loaded images and the whitened arrays are cached, so that the
+  # next start with the same data and regularisation skips loading and ZCA:
+  # '' = $WN_JAX_CACHE_DIR if set, else ~/.cache/wn_jax; 'none' = no cache.
+  config.data.cache_dir = ""
   config.data.augment_flip = False  # The paper uses no augmentation.
   config.data.augment_max_translation = 0  # pixels
 

@@ -44,7 +44,8 @@ RESUMABLE_KEYS = ("log_every_steps", "log_norms_every_steps", "checkpoint_every_
                   "keep_checkpoints", "eval_batch_size", "distributed.enabled",
                   "distributed.coordinator_address", "distributed.num_processes",
                   "distributed.process_id",
-                  "model.conv_weight_grad", "data.folder", "data.tfds_data_dir")
+                  "model.conv_weight_grad", "data.folder", "data.tfds_data_dir",
+                  "data.cache_dir")
 CHECKPOINT_HEADROOM_FACTOR = 4  # free disk needed, in checkpoint sizes
 
 
@@ -404,23 +405,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   check_resumable_config(config, workdir)
   check_workdir(workdir, needed_bytes=0)
 
-  start = time.perf_counter()
-  dataset = input_pipeline.load_dataset(config.data)
-  logging.info("Loaded %d training and %d test images from %s in %.1f s.",
-               len(dataset.train_images), len(dataset.test_images), config.data.source,
-               time.perf_counter() - start)
-  if len(dataset.train_images) < max(config.batch_size, config.init_batch_size):
+  data = input_pipeline.load_whitened(config.data)
+  logging.info("Loaded %d training and %d test images from %s in %.1f s (data cache: %s, %s).",
+               len(data.train_x), len(data.test_x), config.data.source, data.report.load_seconds,
+               data.report.cache, data.report.cache_dir)
+  if len(data.train_x) < max(config.batch_size, config.init_batch_size):
     raise ValueError(
-        f"The training set has {len(dataset.train_images)} examples, fewer than "
+        f"The training set has {len(data.train_x)} examples, fewer than "
         f"batch_size={config.batch_size} or init_batch_size={config.init_batch_size}.")
-  start = time.perf_counter()
-  train_x, test_x = input_pipeline.whiten_dataset(dataset, config.data.zca_regularization)
-  logging.info("ZCA fitted and applied in %.1f s.", time.perf_counter() - start)
-  train_y, test_y = dataset.train_labels, dataset.test_labels
+  logging.info("ZCA fitted and applied in %.1f s%s.", data.report.whiten_seconds,
+               " (whitened arrays read from the data cache)" if data.report.cache == "hit" else "")
+  train_x, train_y, test_x, test_y = data.train_x, data.train_y, data.test_x, data.test_y
 
   steps_per_epoch = len(train_x) // config.batch_size
   num_steps = steps_per_epoch * config.num_epochs
-  model = create_model(config, num_classes=len(dataset.class_names))
+  model = create_model(config, num_classes=len(data.class_names))
   tx = create_optimizer(config, steps_per_epoch)
   # Init and training draw from separate streams; step keys are
   # fold_in(step_key, step) inside the step.
