@@ -89,3 +89,13 @@ def test_command_line_on_a_folder_and_synthetic(tmp_path, capsys):
   saved = json.loads((tmp_path / "s.json").read_text())
   assert len(saved["images"]["eigenvalues_descending"]) == 432
   assert set(saved["images"]["planes"]) == {"Y", "Cb", "Cr"}
+
+
+def test_saved_spectra_come_back_with_the_same_tables(tmp_path, capsys):
+  images, _ = spectrum.synthetic_images(seed=1, num_examples=3000, size=4, top=0.5, exponent=2.0)
+  results = {"a": spectrum.analyse(images)}
+  table = spectrum.markdown_tables(results)
+  path = tmp_path / "a.json"
+  path.write_text(json.dumps(spectrum._json_ready(results)))
+  spectrum.main(["--with", str(path), "--plot", str(tmp_path / "a.png")])
+  assert table in capsys.readouterr().out

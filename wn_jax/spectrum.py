@@ -23,6 +23,9 @@ and plots eigenvalue and gain against rank.
   # A check with a known answer: Gaussian data with eigenvalues top * k^-exponent,
   # rounded to uint8 like an image (adds 5.09e-6 to every eigenvalue).
   python -m wn_jax.spectrum --synthetic --plot synthetic.png
+  # Save spectra, then show them beside others without recomputing them:
+  python -m wn_jax.spectrum /data/a --json a.json
+  python -m wn_jax.spectrum /data/b --with a.json --plot a_and_b.png
 """
 
 from __future__ import annotations
@@ -142,21 +145,8 @@ def synthetic_images(
 
 def analyse(images: np.ndarray, *, planes: bool = True) -> dict:
   """The spectrum and its summaries for uint8 images [N, H, W, 3]."""
-  start = time.perf_counter()
-  spectrum = input_pipeline.covariance_spectrum(input_pipeline.zca_input(images))
-  eigenvalues = spectrum.eigenvalues
-  result = {
-    "num_examples": len(images),
-    "dim": len(eigenvalues),
-    "eigenvalues": eigenvalues,
-    "below": count_below(eigenvalues),
-    "effects": [regularization_effect(eigenvalues, r) for r in REGULARIZATIONS],
-    "seconds": time.perf_counter() - start,
-  }
-  if planes:
-    result["planes"] = {name: {"eigenvalues": e, "below": count_below(e)}
-                        for name, e in plane_spectra(images).items()}
-  return result
+  eigenvalues = input_pipeline.covariance_spectrum(input_pipeline.zca_input(images)).eigenvalues
+  return summarize(eigenvalues, len(images), plane_spectra(images) if planes else None)
 
 
 def markdown_tables(results: dict[str, dict]) -> str:
@@ -247,6 +237,34 @@ def _json_ready(results: dict[str, dict]) -> dict:
   return out
 
 
+def summarize(eigenvalues: np.ndarray, num_examples: int,
+              planes: dict[str, np.ndarray] | None = None) -> dict:
+  """The summaries of `analyse` for eigenvalues already computed (ascending)."""
+  result = {
+    "num_examples": num_examples,
+    "dim": len(eigenvalues),
+    "eigenvalues": eigenvalues,
+    "below": count_below(eigenvalues),
+    "effects": [regularization_effect(eigenvalues, r) for r in REGULARIZATIONS],
+  }
+  if planes:
+    result["planes"] = {name: {"eigenvalues": e, "below": count_below(e)}
+                        for name, e in planes.items()}
+  return result
+
+
+def load_results(path: str) -> dict[str, dict]:
+  """Results saved with --json, summaries recomputed from the eigenvalues."""
+  with open(path) as f:
+    saved = json.load(f)
+  return {
+    name: summarize(
+      np.asarray(r["eigenvalues_descending"])[::-1], r["num_examples"],
+      {p: np.asarray(v["eigenvalues_descending"])[::-1] for p, v in r["planes"].items()})
+    for name, r in saved.items()
+  }
+
+
 def main(argv: list[str] | None = None) -> None:
   parser = argparse.ArgumentParser(
     prog="python -m wn_jax.spectrum", description=__doc__.split("\n\n")[0],
@@ -264,11 +282,15 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument("--no-planes", action="store_true", help="skip the Y/Cb/Cr spectra")
   parser.add_argument("--plot", default="", help="write the plot to this .png")
   parser.add_argument("--json", default="", help="write all spectra and numbers here")
+  parser.add_argument("--with", dest="saved", action="append", default=[],
+                      help="also show the spectra saved earlier with --json in this file")
   args = parser.parse_args(argv)
-  if not args.data and not args.synthetic:
-    parser.error("give at least one data folder, or --synthetic")
+  if not args.data and not args.synthetic and not args.saved:
+    parser.error("give at least one data folder, --synthetic or --with")
 
   results, known = {}, None
+  for path in args.saved:
+    results.update(load_results(path))
   for path in args.data:
     start = time.perf_counter()
     config = ml_collections.ConfigDict(dict(source=args.source, name="", folder=path,
