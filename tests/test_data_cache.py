@@ -257,3 +257,16 @@ def test_tfds_fingerprint_follows_name_split_and_prepared_files(tmp_path):
     "", source="tfds", tfds_data_dir=str(tmp_path), name="cifar10:3.0.2")) != before
   (prepared / "cifar10-train.tfrecord-00000-of-00001").write_bytes(b"other!!")
   assert input_pipeline.dataset_fingerprint(config) != before
+
+
+def test_read_only_cache_still_serves(folder, data_cache_dir, monkeypatch):
+  config = _config(folder)
+  input_pipeline.load_whitened(config)
+
+  def refuse(*args, **kwargs):
+    raise PermissionError("read-only file system")
+
+  monkeypatch.setattr(os, "utime", refuse)
+  data = input_pipeline.load_whitened(config)
+  assert data.report.cache == "hit"
+  _assert_same(data, _direct(config))

@@ -875,7 +875,10 @@ def _read_cache_entry(path: str, key: str, names: tuple[str, ...]) -> dict | Non
     logging.warning("Ignoring the unsound cache file %s (%s: %s); rebuilding it.",
                     path, type(e).__name__, e)
     return None
-  os.utime(path)  # Marks it recently used (see _evict_old_entries).
+  try:
+    os.utime(path)  # Marks it recently used (see _evict_old_entries).
+  except OSError:  # A read-only cache directory still serves.
+    pass
   return arrays
 
 
