@@ -47,13 +47,21 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.seed = 0
 
   config.data = ml_collections.ConfigDict()
-  config.data.source = "tfds"  # 'tfds' or 'folder'.
+  # 'tfds', 'folder' (images in class folders), or the original CIFAR-10
+  # files: 'cifar10_python' (the authors' input) / 'cifar10_binary'.
+  config.data.source = "tfds"
   config.data.name = "cifar10"  # tfds name (cifar10, cifar100, svhn_cropped).
   config.data.tfds_data_dir = ""  # '' = tfds default.
-  config.data.folder = ""  # root/{train,test}/<class>/<image> for 'folder'.
+  # 'folder': root/{train,test}/<class>/<image>; 'cifar10_python' /
+  # 'cifar10_binary': cifar-10-batches-{py,bin}/ or the .tar.gz itself.
+  config.data.folder = ""
   config.data.train_split = "train"
   config.data.test_split = "test"
   config.data.zca_regularization = 1e-5
+  # Where the loaded images and the whitened arrays are cached, so that the
+  # next start with the same data and regularisation skips loading and ZCA:
+  # '' = $WN_JAX_CACHE_DIR if set, else ~/.cache/wn_jax; 'none' = no cache.
+  config.data.cache_dir = ""
   config.data.augment_flip = False  # The paper uses no augmentation.
   config.data.augment_max_translation = 0  # pixels
 

@@ -38,6 +38,15 @@ def make_image_folder(root, num_train_per_class=20, num_test_per_class=4, seed=0
   return str(root)
 
 
+@pytest.fixture(autouse=True)
+def data_cache_dir(tmp_path_factory, monkeypatch):
+  """Every test gets its own empty data cache (never the user's ~/.cache):
+  WN_JAX_CACHE_DIR is set for the test and the subprocesses it starts."""
+  cache_dir = str(tmp_path_factory.mktemp("wn_jax_cache"))
+  monkeypatch.setenv("WN_JAX_CACHE_DIR", cache_dir)
+  return cache_dir
+
+
 @pytest.fixture(scope="session")
 def image_folder(tmp_path_factory):
   return make_image_folder(tmp_path_factory.mktemp("data") / "images")

@@ -53,7 +53,8 @@ RESUMABLE_KEYS = ("log_every_steps", "log_norms_every_steps", "checkpoint_every_
                   "keep_checkpoints", "eval_batch_size", "distributed.enabled",
                   "distributed.coordinator_address", "distributed.num_processes",
                   "distributed.process_id", "sweep.member_shards",
-                  "model.conv_weight_grad", "data.folder", "data.tfds_data_dir")
+                  "model.conv_weight_grad", "data.folder", "data.tfds_data_dir",
+                  "data.cache_dir")
 CHECKPOINT_HEADROOM_FACTOR = 4  # free disk needed, in checkpoint sizes
 MESH_AXES = ("members", "data")
 # float32 convs and matmuls: 'default' lets the backend choose (TF32 on
@@ -566,24 +567,23 @@ class DeviceData(NamedTuple):
 
 
 def load_data(config: ml_collections.ConfigDict, mesh: Mesh) -> DeviceData:
-  """Loads and whitens the data set (timed in the log), onto the devices."""
-  start = time.perf_counter()
-  dataset = input_pipeline.load_dataset(config.data)
-  logging.info("Loaded %d training and %d test images from %s in %.1f s.",
-               len(dataset.train_images), len(dataset.test_images), config.data.source,
-               time.perf_counter() - start)
-  if len(dataset.train_images) < max(config.batch_size, config.init_batch_size):
+  """Loads and whitens the data set (or reads both from the data cache),
+  logging the times, and places it on the devices."""
+  data = input_pipeline.load_whitened(config.data)
+  logging.info("Loaded %d training and %d test images from %s in %.1f s (data cache: %s, %s).",
+               len(data.train_x), len(data.test_x), config.data.source, data.report.load_seconds,
+               data.report.cache, data.report.cache_dir)
+  if len(data.train_x) < max(config.batch_size, config.init_batch_size):
     raise ValueError(
-        f"The training set has {len(dataset.train_images)} examples, fewer than "
+        f"The training set has {len(data.train_x)} examples, fewer than "
         f"batch_size={config.batch_size} or init_batch_size={config.init_batch_size}.")
-  start = time.perf_counter()
-  train_x, test_x = input_pipeline.whiten_dataset(dataset, config.data.zca_regularization)
-  logging.info("ZCA fitted and applied in %.1f s.", time.perf_counter() - start)
+  logging.info("ZCA fitted and applied in %.1f s%s.", data.report.whiten_seconds,
+               " (whitened arrays read from the data cache)" if data.report.cache == "hit" else "")
   replicated = NamedSharding(mesh, PartitionSpec())
   return DeviceData(
-      put_global(train_x, replicated), put_global(dataset.train_labels, replicated),
-      put_global(test_x, replicated), put_global(dataset.test_labels, replicated),
-      num_classes=len(dataset.class_names))
+      put_global(data.train_x, replicated), put_global(data.train_y, replicated),
+      put_global(data.test_x, replicated), put_global(data.test_y, replicated),
+      num_classes=len(data.class_names))
 
 
 class Members(NamedTuple):
