@@ -291,3 +291,40 @@ def test_einsum_with_features_not_last_is_an_error():
   layer = nn.Einsum((8, 2, 3), "btd,dnh->bnth")
   with pytest.raises(ValueError, match="must end with the feature subscripts"):
     layers.WeightNorm(layer).init(jax.random.key(0), jnp.ones((2, 5, 8)))
+
+
+# Weight norm is batch norm for a dense layer on whitened input (paper 2.2).
+
+def _whitened(key, n, d):
+  """n x d batch with mean exactly 0 and (biased) covariance exactly I."""
+  x = np.asarray(jax.random.normal(key, (n, d)), np.float64)
+  x -= x.mean(0)
+  u, _, vt = np.linalg.svd(x, full_matrices=False)
+  return jnp.asarray(u @ vt * np.sqrt(n), jnp.float32)
+
+
+def _bn(y, scale, bias):
+  bn = layers.BatchNorm(use_running_average=False, epsilon=0.0)
+  variables = {"params": {"scale": scale, "b": bias},
+               "batch_stats": {"mean": jnp.zeros_like(scale), "var": jnp.ones_like(scale)}}
+  return bn.apply(variables, y, mutable=["batch_stats"])[0]
+
+
+def test_weight_norm_equals_batch_norm_for_a_dense_layer_on_whitened_input():
+  x = _whitened(jax.random.key(0), 64, 8)
+  model = layers.WeightNorm(nn.Dense(5), epsilon=0.0)
+  variables = model.init(jax.random.key(1), x)
+  v = variables["params"]["v"]
+  # After the data init: WN's pre-activation is BN's output (scale 1, bias 0).
+  np.testing.assert_allclose(model.apply(variables, x), _bn(x @ v, jnp.ones(5), jnp.zeros(5)),
+                             rtol=1e-5, atol=1e-5)
+  # And for ANY v, g, b (wherever training takes them): WN = BN(scale g, bias b),
+  # because std[x . v] = ||v|| and mean[x . v] = 0 on whitened input.
+  p = _randomize(variables["params"], jax.random.key(2))
+  np.testing.assert_allclose(model.apply({"params": p}, x),
+                             _bn(x @ p["v"], p["g"], p["b"]), rtol=1e-5, atol=1e-5)
+  # Not so on correlated input: the equality needs the whitening.
+  mix = jax.random.normal(jax.random.key(3), (8, 8))
+  correlated = x @ mix
+  assert not np.allclose(model.apply({"params": p}, correlated),
+                         _bn(correlated @ p["v"], p["g"], p["b"]), rtol=1e-2, atol=1e-2)
