@@ -51,6 +51,27 @@ std ``init_scale`` on the init batch, as in the authors' ``mean_only_bn``.
 The paper's five parameterizations (``normal``, ``wn``, ``bn``, ``mobn``,
 ``wn_mobn``) are built by ``NormalizedDense`` / ``NormalizedConv`` from one
 config string; see ``PARAMETERIZATIONS``.
+
+Any layer: ``WeightNorm``
+-------------------------
+``WeightNorm(layer)`` weight-normalizes any Linen layer whose only parameter
+(besides its bias) is a kernel: nn.Dense, nn.DenseGeneral, nn.Conv of any
+rank (strides, dilation, feature_group_count), nn.ConvTranspose, nn.Einsum.
+It owns ``v`` (in the wrapped layer's kernel layout), ``g`` and ``b``, runs
+the wrapped layer as a pure function of ``w = g v/||v||``, and normalizes
+over every kernel axis but ``feature_axes`` (default: the output features).
+``WNDense``, ``WNConv``, ``WNConvTranspose`` are ``WeightNorm`` of
+``nn.Dense``, ``Conv2D`` (``ops.conv2d``, with the per-tap kernel gradient)
+and ``nn.ConvTranspose``, sharing their scope so their parameters are
+``v``, ``g``, ``b`` directly under the layer's name.
+
+``||v|| = sqrt(sum v^2 + norm_epsilon)``, ``norm_epsilon = NORM_EPSILON =
+1e-12``: an all-zero unit of ``v`` gives ``w = 0`` with finite gradients
+(PyTorch's ``weight_norm`` gives NaN there), and ordinary norms are
+unchanged in float32. The init's ``epsilon`` (1e-8) guards ``var[t]``.
+
+``init_order`` ('sequential' | 'independent') chooses how the init extends
+over a deep network; see ``WeightNorm``.
 """
 
 from __future__ import annotations
