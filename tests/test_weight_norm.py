@@ -328,3 +328,17 @@ def test_weight_norm_equals_batch_norm_for_a_dense_layer_on_whitened_input():
   correlated = x @ mix
   assert not np.allclose(model.apply({"params": p}, correlated),
                          _bn(correlated @ p["v"], p["g"], p["b"]), rtol=1e-2, atol=1e-2)
+
+
+def test_conv_weight_norm_is_batch_norm_only_without_padding_on_whitened_images():
+  """Images whose whole pixel vector is whitened: every VALID patch is a
+  sub-vector, so its covariance is I and WN = BN for any v; SAME padding
+  puts zeros into the border patches, whose variance is then below ||v||^2,
+  and WN != BN."""
+  images = _whitened(jax.random.key(0), 256, 36).reshape(256, 6, 6, 1)
+  for padding, equal in (("VALID", True), ("SAME", False)):
+    model = layers.WeightNorm(nn.Conv(4, (3, 3), padding=padding), epsilon=0.0)
+    p = _randomize(model.init(jax.random.key(1), images)["params"], jax.random.key(2))
+    y_bn = _bn(nn.Conv(4, (3, 3), padding=padding, use_bias=False).apply(
+        {"params": {"kernel": p["v"]}}, images), p["g"], p["b"])
+    assert np.allclose(model.apply({"params": p}, images), y_bn, rtol=1e-4, atol=1e-4) == equal

@@ -381,8 +381,7 @@ class WeightNorm(nn.Module):
     if data_init:  # layer(x; g v/||v||) = g t: reuse t (one forward pass).
       y = t * g.astype(t.dtype)
     else:
-      w = v.astype(jnp.float32) * (g.astype(jnp.float32).reshape(norm.shape) / norm)
-      y = run(w.astype(v.dtype))
+      y = run(weight_normalized_kernel(v, g, axes, self.norm_epsilon).astype(v.dtype))
     if b is not None:
       y = y + b.astype(y.dtype)
     return y
