@@ -62,7 +62,7 @@ def main():
   print("|---|---:|---:|---:|---:|")
   for seq, ind in zip(results["sequential"], results["independent"]):
     print(f"| {seq[0]} | {seq[1]:.2g} | {seq[2]:.3f} ({seq[3]:.3f}..{seq[4]:.3f}) "
-          f"| {ind[1]:.3f} | {ind[2]:.3f} ({ind[3]:.3f}..{ind[4]:.3f}) |")
+          f"| {ind[1]:.3g} | {ind[2]:.3g} ({ind[3]:.3g}..{ind[4]:.3g}) |")
 
 
 if __name__ == "__main__":
