@@ -70,6 +70,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.model.width = 96  # channels of the first block; the rest use 2x.
   config.model.data_init = True
   config.model.init_scale = 1.0
+  # How the data-dependent init extends over the layers: 'sequential' (each
+  # layer's statistics on the outputs of the already-initialised layers
+  # before it, as the authors' code) or 'independent' (every layer's
+  # statistics from one forward pass of the un-initialised network).
+  config.model.init_order = "sequential"
   config.model.input_noise = 0.15
   config.model.dropout_rate = 0.5
   config.model.leaky_relu_slope = 0.1

@@ -62,3 +62,12 @@ def test_curves_mean_averages_the_runs_of_each_parameterization(tmp_path, capsys
   assert ("| wn | 2 | 70.00% (70.00..70.00) | 42.00% (40.00..44.00) | "
           "32.00% (30.00..34.00) | 30.00, 34.00 (epoch 2) |") in printed
   assert "| normal | 1 | 70.00% | 50.00% | 40.00% | 40.00 (epoch 2) |" in printed
+
+
+def test_run_label_names_the_init_order():
+  config = json.loads(cifar.get_config("wn").to_json())
+  assert plot.run_label(config, with_seed=False) == "wn"
+  config["model"]["init_order"] = "independent"
+  assert plot.run_label(config, with_seed=True) == "wn (independent init) seed 0"
+  del config["model"]["init_order"]  # records written before the key existed
+  assert plot.run_label(config, with_seed=False) == "wn"

@@ -12,3 +12,14 @@ def test_readme_layers_example_runs(capsys):
   example = re.search(r"## Use the layers.*?```python\n(.*?)```", readme, re.S).group(1)
   exec(compile(example, "README.md", "exec"), {})
   assert "'v': (3, 3, 3, 32)" in capsys.readouterr().out
+
+
+def test_readme_weight_norm_fold_export_example_runs(capsys):
+  with open(os.path.join(REPO_ROOT, "README.md")) as f:
+    readme = f.read()
+  example = re.search(r"## Weight-normalize any layer.*?```python\n(.*?)```", readme,
+                      re.S).group(1)
+  exec(compile(example, "README.md", "exec"), {})
+  out = capsys.readouterr().out
+  assert "'v': (5, 2, 64)" in out
+  assert "same logits: True" in out

@@ -31,7 +31,11 @@ class CifarNet(nn.Module):
   Every conv and the dense layer go through `layers.NormalizedConv` /
   `NormalizedDense` with `parameterization`. `model.init(rngs, x,
   train=True)` with rngs {'params', 'noise', 'dropout'} is the
-  data-dependent init, in training mode as in the authors' code.
+  data-dependent init, in training mode as in the authors' code;
+  `init_order` ('sequential', the authors' code, or 'independent') says how
+  it extends over the layers (see `layers.WeightNorm`). Unknown
+  `parameterization` or `init_order` values raise ValueError at construction.
+  `parameterization='folded'` is the inference form `wn_jax.fold` returns.
 
   Input `[batch, height, width, 3]` (whitened), output float32 logits
   `[batch, num_classes]`.
@@ -41,6 +45,7 @@ class CifarNet(nn.Module):
   parameterization: str = "wn"
   data_init: bool = True
   init_scale: float = 1.0
+  init_order: str = "sequential"
   input_noise: float = 0.15
   dropout_rate: float = 0.5
   leaky_relu_slope: float = 0.1
@@ -49,11 +54,18 @@ class CifarNet(nn.Module):
   conv_weight_grad: str = "xla"
   dtype: Any = jnp.float32
 
+  def __post_init__(self):
+    if self.parameterization != layers.FOLDED:
+      layers.check_parameterization(self.parameterization)
+    layers.check_init_order(self.init_order)
+    super().__post_init__()
+
   @nn.compact
   def __call__(self, x: Array, *, train: bool) -> Array:
     norm_kwargs = dict(
         parameterization=self.parameterization, data_init=self.data_init,
-        init_scale=self.init_scale, bn_momentum=self.bn_momentum,
+        init_scale=self.init_scale, init_order=self.init_order,
+        bn_momentum=self.bn_momentum,
         bn_epsilon=self.bn_epsilon, dtype=self.dtype)
     conv = functools.partial(
         layers.NormalizedConv, conv_weight_grad=self.conv_weight_grad,

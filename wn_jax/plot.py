@@ -164,6 +164,8 @@ def run_label(config: dict, with_seed: bool) -> str:
   label = model["parameterization"]
   if not model.get("data_init", True):
     label += " (no data init)"
+  if model.get("init_order", "sequential") != "sequential":
+    label += f" ({model['init_order']} init)"
   if with_seed:
     label += f" seed {config['seed']}"
   return label

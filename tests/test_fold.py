@@ -1,0 +1,79 @@
+"""Tests of `wn_jax.fold`: trained models folded into plain layers, and export."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import wn_jax
+from wn_jax import folding, layers, models
+
+PARAMETERIZATIONS = ("normal", "wn", "bn", "mobn", "wn_mobn")
+
+
+def _trained_like(parameterization, key=0):
+  """A small CifarNet, initialised, then params and running stats perturbed
+  as a few training steps would (so that nothing is at its init value)."""
+  model = models.CifarNet(width=4, parameterization=parameterization)
+  x = 1.0 + 2.0 * jax.random.normal(jax.random.key(key), (6, 16, 16, 3))
+  rngs = {"params": jax.random.key(1), "noise": jax.random.key(2),
+          "dropout": jax.random.key(3)}
+  variables = model.init(rngs, x, train=True)
+  leaves, treedef = jax.tree.flatten(variables)
+  keys = jax.random.split(jax.random.key(4), len(leaves))
+  paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(variables)]
+  new = []
+  for k, leaf, path in zip(keys, leaves, paths):
+    noise = jax.random.normal(k, leaf.shape)
+    if "'var'" in path:    # a variance stays positive
+      new.append(leaf * jnp.exp(0.5 * noise))
+    elif "'mean'" in path:  # running means away from 0
+      new.append(leaf + 0.5 * noise)
+    else:                   # params (v, g, b, kernel, scale), frozen scales
+      new.append(leaf * (1 + 0.3 * noise) + 0.05 * noise)
+  return model, jax.tree.unflatten(treedef, new), x
+
+
+@pytest.mark.parametrize("parameterization", PARAMETERIZATIONS)
+def test_folded_model_has_the_same_eval_logits(parameterization):
+  model, variables, x = _trained_like(parameterization)
+  folded_model, folded = wn_jax.fold(model, variables)
+  expected = model.apply(variables, x, train=False)
+  assert set(folded) == {"params"}
+  layer = folded["params"]["NormalizedConv_0"]["linear"]
+  assert set(layer) == {"kernel", "bias"}
+  assert folded_model.parameterization == layers.FOLDED
+  np.testing.assert_allclose(folded_model.apply(folded, x, train=False), expected,
+                             rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("parameterization", ["wn_mobn", "bn"])
+def test_folded_model_exports_and_the_artifact_gives_the_same_logits(parameterization):
+  model, variables, x = _trained_like(parameterization)
+  folded_model, folded = wn_jax.fold(model, variables)
+  blob = folding.export_inference(folded_model, folded, x.shape)
+  restored = jax.export.deserialize(blob)
+  np.testing.assert_allclose(restored.call(x), model.apply(variables, x, train=False),
+                             rtol=1e-5, atol=1e-5)
+
+
+def test_fold_layer_bn_formula():
+  k = jax.random.split(jax.random.key(0), 6)
+  kernel = jax.random.normal(k[0], (5, 3))
+  scale, b = jax.random.normal(k[1], (3,)), jax.random.normal(k[2], (3,))
+  mean, var = jax.random.normal(k[3], (3,)), jnp.exp(jax.random.normal(k[4], (3,)))
+  x = jax.random.normal(k[5], (7, 5))
+  out = folding.fold_layer("bn", {"kernel": kernel}, {"scale": scale, "b": b},
+                           {"mean": mean, "var": var}, bn_epsilon=1e-3)
+  expected = (x @ kernel - mean) / jnp.sqrt(var + 1e-3) * scale + b
+  np.testing.assert_allclose(x @ out["kernel"] + out["bias"], expected, rtol=1e-5,
+                             atol=1e-5)
+
+
+def test_fold_rejects_what_it_cannot_fold():
+  model, variables, _ = _trained_like("wn")
+  folded_model, folded = wn_jax.fold(model, variables)
+  with pytest.raises(ValueError, match="already folded"):
+    wn_jax.fold(folded_model, folded)
+  with pytest.raises(TypeError, match="parameterization"):
+    wn_jax.fold(layers.WNDense(3), {"params": {}})
