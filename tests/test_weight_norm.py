@@ -342,3 +342,14 @@ def test_conv_weight_norm_is_batch_norm_only_without_padding_on_whitened_images(
     y_bn = _bn(nn.Conv(4, (3, 3), padding=padding, use_bias=False).apply(
         {"params": {"kernel": p["v"]}}, images), p["g"], p["b"])
     assert np.allclose(model.apply({"params": p}, images), y_bn, rtol=1e-4, atol=1e-4) == equal
+
+
+def test_the_config_init_order_reaches_the_model():
+  from configs import cifar
+  from wn_jax import train
+  config = cifar.get_config("wn")
+  config.model.init_order = "independent"
+  assert train.create_model(config, num_classes=10).init_order == "independent"
+  config.model.init_order = "backwards"
+  with pytest.raises(ValueError, match="Unknown init_order 'backwards'; valid ones are"):
+    train.validate_config(config, num_devices=1)

@@ -99,6 +99,7 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
       raise ValueError(f"config.{key} must be positive, got {value!r}.")
 
   layers.check_parameterization(config.model.parameterization)
+  layers.check_init_order(config.model.init_order)
   positive("optimizer.learning_rate", config.optimizer.learning_rate)
   positive("batch_size", config.batch_size)
   positive("num_epochs", config.num_epochs)
@@ -163,7 +164,8 @@ def create_model(config: ml_collections.ConfigDict, num_classes: int) -> models.
   m = config.model
   return models.CifarNet(
       num_classes=num_classes, width=m.width, parameterization=m.parameterization,
-      data_init=m.data_init, init_scale=m.init_scale, input_noise=m.input_noise,
+      data_init=m.data_init, init_scale=m.init_scale, init_order=m.init_order,
+      input_noise=m.input_noise,
       dropout_rate=m.dropout_rate, leaky_relu_slope=m.leaky_relu_slope,
       bn_momentum=m.bn_momentum, bn_epsilon=m.bn_epsilon,
       conv_weight_grad=conv_weight_grad, dtype=DTYPES[m.dtype])
