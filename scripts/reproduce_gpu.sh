@@ -78,9 +78,16 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader \
 python3 -c "import jax, flax, optax; print('jax', jax.__version__, 'flax', flax.__version__,
 'optax', optax.__version__, jax.devices())" > "$logs/versions.txt" 2>&1
 
-# Load, decode and whiten the data once; the runs then read the cache.
-python3 -m wn_jax.input_pipeline --warm-cache --folder "$DATA_DIR" \
-  > "$logs/data_cache.log" 2>&1
+# Load, decode and whiten the data once; the runs then read the data cache.
+warm_cache() {
+  python3 -c "import sys
+from configs import cifar
+from wn_jax import input_pipeline
+data = cifar.get_config().data
+data.source, data.folder = 'folder', sys.argv[1]
+print(input_pipeline.load_whitened(data).report)" "$1" >> "$logs/data_cache.log" 2>&1
+}
+warm_cache "$DATA_DIR"
 
 # train NAME VARIANT [--config.key=value ...]: one process, in the background.
 train() {
@@ -107,8 +114,10 @@ case $part in
     train wn_lr0.001_s0_zca1e-2 wn --config.data.zca_regularization=0.01 ;;
   4)
     for q in 50 90; do
-      python3 -m wn_jax.reencode "$DATA_DIR" "/tmp/wn_jax_data/jpeg_q$q" --quality "$q" \
+      [ -d "/tmp/wn_jax_data/jpeg_q$q" ] || python3 -m wn_jax.reencode "$DATA_DIR" \
+        "/tmp/wn_jax_data/jpeg_q$q" --quality "$q" --subsampling 4:2:0 \
         > "$logs/reencode_q$q.log" 2>&1
+      warm_cache "/tmp/wn_jax_data/jpeg_q$q"
     done
     for q in 50 90; do
       DATA_DIR=/tmp/wn_jax_data/jpeg_q$q train "wn_lr0.001_s0_jpeg_q$q" wn
