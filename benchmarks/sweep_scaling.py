@@ -52,7 +52,7 @@ def _median_time(fn, args, reps: int, warmup: int) -> float:
 
 def time_members(config, num_members: int, train_size: int, reps: int, warmup: int) -> float:
   """Median step time of a sweep of `num_members` members (seconds)."""
-  mesh = train.create_mesh(1)
+  mesh = train.create_mesh()
   replicated = NamedSharding(mesh, PartitionSpec())
   per_member = NamedSharding(mesh, PartitionSpec("members"))
   rng = np.random.default_rng(0)

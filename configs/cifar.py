@@ -129,10 +129,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.sweep.learning_rate = ()
   config.sweep.init_scale = ()
   config.sweep.data_init = ()
-  # Devices along the member axis of the (members, data) mesh: 1 = members
-  # replicated and each batch sharded over all devices; k = members split
-  # over k device groups, each batch over device_count / k devices.
-  config.sweep.member_shards = 1
 
   if "no_data_init" in variants:
     config.model.data_init = False

@@ -17,7 +17,7 @@ IMAGE_SIZE = 12  # 12 -> pool 6 -> pool 3 -> VALID 3x3 -> 1: the CIFAR net's sha
 
 
 def make_image_folder(root, num_train_per_class=20, num_test_per_class=4, seed=0,
-                      unclipped=False, image_size=IMAGE_SIZE):
+                      unclipped=False):
   """Writes root/{train,test}/<class>/<i>.png with class-dependent colours.
 
   With `unclipped`, pixel values stay inside (0, 255): no two pixels are
@@ -31,7 +31,7 @@ def make_image_folder(root, num_train_per_class=20, num_test_per_class=4, seed=0
       folder = os.path.join(root, split, name)
       os.makedirs(folder)
       for i in range(count):
-        base = np.full((image_size, image_size, 3), float(low))
+        base = np.full((IMAGE_SIZE, IMAGE_SIZE, 3), float(low))
         base[..., label] = high
         pixels = np.clip(base + rng.normal(0, noise, base.shape), 0, 255).astype(np.uint8)
         Image.fromarray(pixels).save(os.path.join(folder, f"{i:04d}.png"))

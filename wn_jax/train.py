@@ -5,9 +5,10 @@ array of the `TrainState` has a leading member axis, and the train step,
 the data-dependent init and the evaluation are `jax.vmap`s of the
 one-member functions, jitted once. A plain run is the one-member case.
 
-Devices: a 2-D mesh (members, data). Each batch is sharded along `data`,
-members are replicated (`config.sweep.member_shards=1`) or split along
-`members`; one jitted step, no pmap. Batch statistics, the data-dependent
+Devices: a mesh (members, data) with every device on `data`: each batch is
+sharded along `data`, the members are replicated (XLA partitions the
+vmapped 1x1 convs wrongly when they are split over devices: measured with
+jax 0.10.2 on CPU, see `create_mesh`); one jitted step, no pmap. Batch statistics, the data-dependent
 init and mean-only BN are therefore those of each member's global batch.
 The whitened data set lives on the devices; a step receives only the
 indices of its batch and gathers the images itself.
@@ -52,7 +53,7 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 RESUMABLE_KEYS = ("log_every_steps", "log_norms_every_steps", "checkpoint_every_epochs",
                   "keep_checkpoints", "eval_batch_size", "distributed.enabled",
                   "distributed.coordinator_address", "distributed.num_processes",
-                  "distributed.process_id", "sweep.member_shards",
+                  "distributed.process_id",
                   "model.conv_weight_grad", "data.folder", "data.tfds_data_dir",
                   "data.cache_dir")
 CHECKPOINT_HEADROOM_FACTOR = 4  # free disk needed, in checkpoint sizes
@@ -108,20 +109,13 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
   positive("checkpoint_every_epochs", config.checkpoint_every_epochs)
   positive("keep_checkpoints", config.keep_checkpoints)
   positive("log_every_steps", config.log_every_steps)
-  positive("sweep.member_shards", config.sweep.member_shards)
   if config.log_norms_every_steps < 0:
     raise ValueError("config.log_norms_every_steps must be >= 0 (0 = off).")
-  num_members = len(sweep.member_configs(config))  # Checks the sweep lists.
-  member_shards = config.sweep.member_shards
-  if num_devices % member_shards or num_members % member_shards:
-    raise ValueError(
-        f"config.sweep.member_shards={member_shards} must divide both the "
-        f"{num_devices} devices and the {num_members} members.")
-  data_devices = num_devices // member_shards
-  if config.batch_size % data_devices:
+  sweep.member_configs(config)  # Checks the sweep lists.
+  if config.batch_size % num_devices:
     raise ValueError(
         f"config.batch_size={config.batch_size} is not divisible by the "
-        f"{data_devices} devices; use a multiple of {data_devices}.")
+        f"{num_devices} devices; use a multiple of {num_devices}.")
   if config.init_batch_size < 2:
     raise ValueError(
         f"config.init_batch_size={config.init_batch_size}: the data-dependent "
@@ -391,10 +385,16 @@ def sweep_eval_step(state: TrainState, test_images: Array, test_labels: Array,
 # Devices and data placement.
 
 
-def create_mesh(member_shards: int) -> Mesh:
-  """The (members, data) mesh over all devices."""
-  devices = np.asarray(jax.devices())
-  return Mesh(devices.reshape(member_shards, -1), MESH_AXES)
+def create_mesh() -> Mesh:
+  """The (members, data) mesh: every device along `data`.
+
+  The members stay replicated. Splitting them over devices (a `members`
+  axis longer than 1) was measured to compute wrong results: XLA (jax
+  0.10.2, CPU) partitions the grouped convolutions that `vmap` makes of
+  convs it turns into dots (1x1 kernels, or a kernel covering its whole
+  input) wrongly when their groups are sharded.
+  """
+  return Mesh(np.asarray(jax.devices()).reshape(1, -1), MESH_AXES)
 
 
 def put_global(host_array: np.ndarray, sharding: NamedSharding) -> Array:
@@ -648,22 +648,6 @@ class Program(NamedTuple):
     return NamedSharding(self.mesh, PartitionSpec(*spec))
 
 
-def _check_member_sharding(mesh: Mesh, image_size: tuple[int, int]) -> None:
-  """Refuses the one shape where members sharded over devices compute wrong.
-
-  XLA (measured with jax 0.10.2 on CPU) partitions a vmapped VALID conv
-  whose 3x3 kernel covers its whole 3x3 input (a 1x1 output) wrongly when
-  the member axis is sharded: errors of order 30 on unit-scale inputs,
-  silently. The CIFAR network meets this shape for 12x12 or 13x13 images
-  (two 2x2 pools before its VALID conv); 32x32 images give it 8x8 inputs.
-  """
-  if mesh.shape["members"] > 1 and tuple(s // 4 for s in image_size) == (3, 3):
-    raise ValueError(
-        f"config.sweep.member_shards={mesh.shape['members']} with {image_size} images: "
-        "XLA partitions the network's VALID 3x3 conv on its 3x3 input wrongly when "
-        "members are sharded; use member_shards=1 (members replicated) or other sizes.")
-
-
 def build_program(config: ml_collections.ConfigDict, mesh: Mesh, members: Members,
                   data: DeviceData) -> Program:
   """The model, the keys and the jitted init, step, eval and norms."""
@@ -672,7 +656,6 @@ def build_program(config: ml_collections.ConfigDict, mesh: Mesh, members: Member
 
   replicated, per_member = sharding(), sharding("members")
   data_devices = mesh.shape["data"]
-  _check_member_sharding(mesh, data.train_images.shape[1:3])
   num_train = data.train_images.shape[0]
   steps_per_epoch = num_train // config.batch_size
   model = create_model(config, num_classes=data.num_classes)
@@ -884,7 +867,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
 def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
   check_resumable_config(config, workdir)
   check_workdir(workdir, needed_bytes=0)
-  mesh = create_mesh(config.sweep.member_shards)
+  mesh = create_mesh()
   members = sweep_members(config, workdir)
   program = build_program(config, mesh, members, load_data(config, mesh))
   state, checkpoints, latest = init_or_restore(config, workdir, program)
