@@ -249,13 +249,12 @@ def _data_mesh() -> Mesh:
 
 
 def _put_global_batch(host_batch: np.ndarray, sharding: NamedSharding) -> Array:
-  """Places a batch that every host holds whole: each feeds its own rows."""
+  """Places a batch that every host holds whole: each host gives its devices
+  the rows they hold under `sharding` (all rows where it is replicated)."""
   if jax.process_count() == 1:
     return jax.device_put(host_batch, sharding)
-  rows = host_batch.shape[0] // jax.process_count()
-  start = jax.process_index() * rows
-  return jax.make_array_from_process_local_data(
-      sharding, host_batch[start:start + rows], host_batch.shape)
+  return jax.make_array_from_callback(host_batch.shape, sharding,
+                                      lambda index: host_batch[index])
 
 
 def _eval_batches(images: np.ndarray, labels: np.ndarray, batch_size: int):
