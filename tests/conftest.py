@@ -1,7 +1,24 @@
-"""Shared fixtures: a tiny generated image-folder data set and a tiny config."""
+"""Shared fixtures: a tiny generated image-folder data set and a tiny config.
 
+Also a persistent XLA compilation cache for this test session (a fresh
+temporary folder, removed at exit): many tests, and the subprocesses they
+start, compile the same tiny model, and would otherwise compile it each
+time. A cache hit loads the executable the first compile produced, so
+results are unchanged.
+"""
+
+import atexit
 import os
+import shutil
 import sys
+import tempfile
+
+# Before jax is imported anywhere; subprocesses inherit the environment.
+_XLA_CACHE_DIR = tempfile.mkdtemp(prefix="wn_jax_tests_xla_cache_")
+atexit.register(shutil.rmtree, _XLA_CACHE_DIR, ignore_errors=True)
+os.environ["JAX_COMPILATION_CACHE_DIR"] = _XLA_CACHE_DIR
+os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
 
 import numpy as np
 import pytest
@@ -66,3 +83,31 @@ def tiny_config(data_folder, variant="wn"):
   config.log_every_steps = 2
   config.log_norms_every_steps = 3
   return config
+
+
+# jax records every XLA compilation under this event name (jax/_src/dispatch.py).
+BACKEND_COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
+# Functions that compile the model; none may compile before a bad input fails.
+MODEL_FUNCTIONS = ("sweep_init", "sweep_train_step", "sweep_eval_step")
+
+
+@pytest.fixture
+def model_compilations():
+  """The names of the jitted model functions XLA compiles during the test.
+
+  Eager jnp/random ops compile tiny computations too; only compilations of
+  the functions that trace the model (`MODEL_FUNCTIONS`) are recorded.
+  """
+  import jax.monitoring
+
+  compiled = []
+
+  def listener(event, duration_secs, **kwargs):
+    del duration_secs
+    name = str(kwargs.get("fun_name", ""))
+    if event == BACKEND_COMPILE_EVENT and any(f in name for f in MODEL_FUNCTIONS):
+      compiled.append(name)
+
+  jax.monitoring.register_event_duration_secs_listener(listener)
+  yield compiled
+  jax.monitoring.unregister_event_duration_listener(listener)

@@ -15,7 +15,12 @@ import orbax.checkpoint as ocp
 import pytest
 from conftest import REPO_ROOT, tiny_config
 
+from configs import cifar
 from wn_jax import train
+
+
+def _loader_that_must_not_run(config):
+  raise AssertionError("the data was loaded before the bad input was reported")
 
 
 def _checkpoint_steps(workdir):
@@ -63,15 +68,30 @@ def test_non_finite_loss_keeps_the_last_good_checkpoint(image_folder, tmp_path, 
   assert int(state.step) == 18
 
 
-def _cli(image_folder, workdir, num_epochs):
+# 3 epochs of 6 steps; a norms record every step, so metrics.jsonl shows
+# how far a run got (log_norms_every_steps does not change what is computed).
+_CLI_OVERRIDES = {
+    "data.source": "folder", "model.width": 4, "num_epochs": 3,
+    "optimizer.anneal_start_epoch": 2, "batch_size": 10, "init_batch_size": 20,
+    "eval_batch_size": 8, "log_every_steps": 3, "log_norms_every_steps": 1}
+
+
+def _cli(image_folder, workdir):
   return [
       sys.executable, os.path.join(REPO_ROOT, "train.py"),
       "--config", os.path.join(REPO_ROOT, "configs/cifar.py") + ":wn_mobn",
-      "--workdir", str(workdir), "--config.data.source=folder",
-      f"--config.data.folder={image_folder}", "--config.model.width=4",
-      f"--config.num_epochs={num_epochs}", "--config.optimizer.anneal_start_epoch=2",
-      "--config.batch_size=10", "--config.init_batch_size=20",
-      "--config.eval_batch_size=8", "--config.log_every_steps=3"]
+      "--workdir", str(workdir), f"--config.data.folder={image_folder}",
+      *(f"--config.{k}={v}" for k, v in _CLI_OVERRIDES.items())]
+
+
+def _cli_config(image_folder):
+  """The config `_cli` builds, for the uninterrupted run in this process."""
+  config = cifar.get_config("wn_mobn")
+  config.data.folder = image_folder
+  for key, value in _CLI_OVERRIDES.items():
+    section, _, name = key.rpartition(".")
+    setattr(config[section] if section else config, name, value)
+  return config
 
 
 def _kill_when(command, predicate, timeout=300):
@@ -87,12 +107,27 @@ def _kill_when(command, predicate, timeout=300):
   return proc.returncode
 
 
+def _steps_logged(workdir):
+  """Steps of the complete records in workdir/metrics.jsonl."""
+  try:
+    with open(workdir / "metrics.jsonl") as f:
+      lines = f.readlines()
+  except FileNotFoundError:
+    return []
+  return [json.loads(line)["step"] for line in lines if line.endswith("\n")]
+
+
+def _records(workdir):
+  """metrics.jsonl without the timings, which differ from run to run."""
+  with open(workdir / "metrics.jsonl") as f:
+    return [{k: v for k, v in json.loads(line).items()
+             if k not in ("epoch_time_s", "images_per_s")} for line in f]
+
+
 def test_sigkill_at_any_moment_resumes_from_the_newest_complete_checkpoint(
     image_folder, tmp_path):
-  num_epochs = 5
   reference = tmp_path / "reference"
-  subprocess.run(_cli(image_folder, reference, num_epochs), check=True,
-                 capture_output=True, timeout=300)
+  train.train_and_evaluate(_cli_config(image_folder), str(reference))
 
   workdir = tmp_path / "killed"
   ckpt_dir = workdir / "checkpoints"
@@ -101,42 +136,47 @@ def test_sigkill_at_any_moment_resumes_from_the_newest_complete_checkpoint(
     return os.listdir(ckpt_dir) if ckpt_dir.exists() else []
 
   # 1. Killed while a checkpoint is being written (orbax's temporary folder
-  #    exists), 2. killed between checkpoints, mid-epoch.
+  #    exists), 2. killed mid-epoch: step 9 of 6..12 has run, with the step-6
+  #    checkpoint complete and nothing of step 9 saved.
   writing = lambda: any("tmp" in name for name in listing())
-  mid_epoch = lambda: "12" in listing()
-  codes = [_kill_when(_cli(image_folder, workdir, num_epochs), writing),
-           _kill_when(_cli(image_folder, workdir, num_epochs), mid_epoch)]
+  mid_epoch = lambda: 9 in _steps_logged(workdir)
+  codes = [_kill_when(_cli(image_folder, workdir), writing),
+           _kill_when(_cli(image_folder, workdir), mid_epoch)]
   assert codes == [-signal.SIGKILL, -signal.SIGKILL]
+  assert _checkpoint_steps(workdir) == [6]
+  assert max(_steps_logged(workdir)) >= 9
   # A half-written checkpoint from a crash is left as orbax's temporary
   # folder; plant one explicitly so this case is always exercised.
-  stale = ckpt_dir / "24.orbax-checkpoint-tmp-1"
+  stale = ckpt_dir / "12.orbax-checkpoint-tmp-1"
   stale.mkdir(parents=True, exist_ok=True)
   (stale / "garbage").write_text("partial write")
 
-  result = subprocess.run(_cli(image_folder, workdir, num_epochs), capture_output=True,
+  result = subprocess.run(_cli(image_folder, workdir), capture_output=True,
                           text=True, timeout=300)
   assert result.returncode == 0, result.stderr[-3000:]
-  assert "Resumed from the checkpoint at step" in result.stderr
-  final = _restore(workdir, 30)
-  expected = _restore(reference, 30)
+  assert "Resumed from the checkpoint at step 6" in result.stderr
+  final = _restore(workdir, 18)
+  expected = _restore(reference, 18)
   for a, b in zip(jax.tree.leaves(expected), jax.tree.leaves(final)):
     np.testing.assert_array_equal(a, b)
-  with open(workdir / "metrics.jsonl") as f:
-    epochs = [json.loads(line)["epoch"] for line in f if "test_error" in line]
-  assert epochs == [1, 2, 3, 4, 5]
+  # The same records: each step once, none of the killed runs' left over.
+  assert _records(workdir) == _records(reference)
 
 
-def test_unwritable_workdir_fails_before_training(image_folder, tmp_path):
+def test_unwritable_workdir_fails_before_training(image_folder, tmp_path, monkeypatch):
   blocker = tmp_path / "a_file"
   blocker.write_text("not a directory")
+  monkeypatch.setattr(train.input_pipeline, "load_dataset", _loader_that_must_not_run)
   with pytest.raises(OSError, match="is not writable.*another --workdir"):
     train.train_and_evaluate(tiny_config(image_folder), str(blocker / "workdir"))
 
 
-def test_full_disk_fails_before_training(image_folder, tmp_path, monkeypatch):
+def test_full_disk_fails_before_training(image_folder, tmp_path, monkeypatch,
+                                        model_compilations):
   usage = shutil.disk_usage(tmp_path)
   monkeypatch.setattr(train.shutil, "disk_usage",
                       lambda path: usage._replace(free=1024))
   with pytest.raises(OSError, match="MiB free under .* free disk space"):
     train.train_and_evaluate(tiny_config(image_folder), str(tmp_path))
   assert not (tmp_path / "checkpoints").exists()
+  assert not model_compilations

@@ -86,51 +86,53 @@ def test_parameter_shapes_and_layout():
 
 # 2. The data-dependent init standardises every layer's pre-activations.
 
-class _DeepWN(nn.Module):
-  """Four WN layers with nonlinearities and pooling; records pre-activations."""
+class _DeepNet(nn.Module):
+  """Five layers (4 convs, strided and VALID, then 2 dense) with nonlinearities
+  and pooling, each built by the parameterization switch; records each
+  layer's output (after the mean-only BN where there is one)."""
+  parameterization: str = "wn"
   init_scale: float = 1.0
-  mean_only_bn: bool = False
 
   @nn.compact
   def __call__(self, x, train=True):
     def linear(layer_cls, *args, **kw):
-      if self.mean_only_bn:
-        y = layer_cls(*args, use_bias=False, init_scale=self.init_scale, **kw)(x)
-        y = layers.MeanOnlyBatchNorm(use_running_average=not train)(y)
-      else:
-        y = layer_cls(*args, init_scale=self.init_scale, **kw)(x)
+      y = layer_cls(*args, parameterization=self.parameterization,
+                    init_scale=self.init_scale, **kw)(x, train=train)
       self.sow("intermediates", "preactivations", y)
       return y
 
-    x = nn.relu(linear(layers.WNConv, 8, (3, 3)))
+    x = nn.relu(linear(layers.NormalizedConv, 8, (3, 3)))
     x = nn.max_pool(x, (2, 2), (2, 2))
-    x = nn.elu(linear(layers.WNConv, 12, (3, 3), padding="VALID"))
-    x = nn.avg_pool(x, (2, 2), (2, 2))
-    x = jnp.tanh(linear(layers.WNConv, 6, (1, 1)))
+    x = nn.elu(linear(layers.NormalizedConv, 12, (3, 3), padding="VALID"))
+    x = jnp.tanh(linear(layers.NormalizedConv, 10, (3, 3), strides=(2, 2)))
+    x = nn.relu(linear(layers.NormalizedConv, 6, (1, 1)))
     x = x.reshape(x.shape[0], -1)
-    x = nn.relu(linear(layers.WNDense, 10))
-    return linear(layers.WNDense, 4)
+    x = nn.relu(linear(layers.NormalizedDense, 10))
+    return linear(layers.NormalizedDense, 4)
 
 
-@pytest.mark.parametrize("init_scale", [1.0, 0.3])
-@pytest.mark.parametrize("mean_only_bn", [False, True])
-def test_data_dependent_init_standardises_every_layer(init_scale, mean_only_bn):
+@pytest.mark.parametrize("parameterization, init_scale", [
+    ("wn", 1.0), ("wn", 0.3), ("wn_mobn", 1.0), ("wn_mobn", 0.3),
+    ("normal", 0.3), ("mobn", 0.3)])
+def test_data_dependent_init_standardises_every_layer(parameterization, init_scale):
   # An init batch far from standardised: mean 5, std 7.
   init_batch = 5.0 + 7.0 * jax.random.normal(jax.random.key(0), (64, 12, 12, 3))
-  model = _DeepWN(init_scale=init_scale, mean_only_bn=mean_only_bn)
+  model = _DeepNet(parameterization, init_scale)
   variables = model.init(jax.random.key(1), init_batch)
   _, state = model.apply(variables, init_batch, mutable=["intermediates", "batch_stats"])
   preacts = state["intermediates"]["preactivations"]
-  assert len(preacts) == 5
+  assert len(preacts) == 6
   for i, y in enumerate(preacts):
     axes = tuple(range(y.ndim - 1))
     np.testing.assert_allclose(
         jnp.mean(y, axes), 0.0, atol=1e-3 * init_scale, err_msg=f"layer {i} mean")
     np.testing.assert_allclose(
         jnp.std(y, axes), init_scale, rtol=1e-3, err_msg=f"layer {i} std")
-  if mean_only_bn:  # Only g is data-initialised; the BN bias starts at 0.
+  if parameterization in ("wn_mobn", "mobn"):
+    # Only the scale is data-initialised; the BN bias starts at 0.
     params = variables["params"]
-    assert all("b" not in params[name] for name in params if name.startswith("WN"))
+    assert all(set(params[name]["linear"]) <= {"v", "g", "kernel"} for name in params)
+    assert all(np.all(params[name]["norm"]["b"] == 0) for name in params)
 
 
 def test_init_statistics_are_those_of_the_formula():
@@ -229,7 +231,8 @@ def test_output_invariant_to_scaling_v():
                              rtol=1e-5, atol=1e-5)
 
 
-# 5. g of the transposed conv lives on the output channels.
+# 5. g of the transposed conv lives on the output channels, and its data
+#    init standardises the (strided, unevenly covered) output.
 
 def test_conv_transpose_g_per_output_channel():
   x = jax.random.normal(jax.random.key(0), (2, 4, 4, 3))
@@ -238,16 +241,43 @@ def test_conv_transpose_g_per_output_channel():
   assert p["g"].shape == (7,) and p["b"].shape == (7,)
 
 
-# 6. Constant init batch.
+@pytest.mark.parametrize("padding", ["SAME", "VALID"])
+def test_conv_transpose_data_init_standardises_output(padding):
+  x = 5.0 + 7.0 * jax.random.normal(jax.random.key(0), (16, 5, 6, 3))
+  layer = layers.WNConvTranspose(7, (3, 3), strides=(2, 2), padding=padding,
+                                 init_scale=0.4)
+  variables = layer.init(jax.random.key(1), x)
+  y = layer.apply(variables, x)
+  assert y.shape == ((16, 10, 12, 7) if padding == "SAME" else (16, 11, 13, 7))
+  np.testing.assert_allclose(jnp.mean(y, (0, 1, 2)), 0.0, atol=1e-4)
+  np.testing.assert_allclose(jnp.std(y, (0, 1, 2)), 0.4, rtol=1e-3)
+
+
+# 6. Constant init batch: every output pixel equal (VALID padding, so no
+#    border pixels see zeros), variance 0, and the epsilon alone keeps the
+#    scale finite: g = init_scale / sqrt(epsilon), b = -t g.
 
 @pytest.mark.parametrize("parameterization", layers.PARAMETERIZATIONS)
 def test_constant_init_batch_gives_finite_parameters(parameterization):
   x = jnp.full((4, 6, 6, 3), 2.0)
-  layer = layers.NormalizedConv(5, (3, 3), parameterization=parameterization)
+  layer = layers.NormalizedConv(5, (3, 3), padding="VALID", init_scale=0.5,
+                                parameterization=parameterization)
   variables = layer.init(jax.random.key(0), x, train=True)
   for leaf in jax.tree.leaves(variables):
     assert np.all(np.isfinite(leaf))
-  assert np.all(np.isfinite(layer.apply(variables, x, train=False)))
+  y = layer.apply(variables, x, train=False)
+  assert np.all(np.isfinite(y))
+  expected_scale = 0.5 / np.sqrt(1e-8)  # the layers' default epsilon
+  linear = variables["params"]["linear"]
+  # The conv's output pixels agree to rounding (variance ~1e-12 measured for
+  # the plain kernel): g within 1e-3 of it; without the epsilon it is ~1e6.
+  if parameterization in ("wn", "wn_mobn"):
+    np.testing.assert_allclose(linear["g"], expected_scale, rtol=1e-3)
+  elif parameterization in ("normal", "mobn"):
+    np.testing.assert_allclose(variables["frozen"]["linear"]["scale"], expected_scale,
+                               rtol=1e-3)
+  if parameterization in ("wn", "normal"):  # b = -mean(t) g: the output is 0.
+    np.testing.assert_allclose(layer.apply(variables, x, train=True), 0.0, atol=1e-2)
 
 
 # 7. Mean-only batch norm.
@@ -286,6 +316,33 @@ def test_batch_norm_follows_authors_code():
   np.testing.assert_allclose(updates["batch_stats"]["var"], 0.9 + 0.1 * 10 / 9 * var, rtol=1e-6)
 
 
+def test_batch_norm_eval_uses_the_running_statistics():
+  """Evaluation: (x - running mean) / sqrt(running var + eps) * scale + b,
+  with the running averages of test_batch_norm_follows_authors_code, written
+  out in numpy (a large epsilon, so that dropping it would show)."""
+  rng = np.random.default_rng(0)
+  x = (1.0 + 3.0 * rng.standard_normal((10, 3, 3, 2))).astype(np.float32)
+  bn = layers.BatchNorm(epsilon=0.5)
+  variables = bn.init(jax.random.key(1), x, use_running_average=False)
+  variables["params"] = {"scale": jnp.array([2.0, -0.5]), "b": jnp.array([0.25, 1.0])}
+  _, updates = bn.apply(variables, x, use_running_average=False, mutable=["batch_stats"])
+  variables = {**variables, **updates}
+  x_eval = (4.0 + rng.standard_normal((3, 2, 2, 2))).astype(np.float32)
+  y_eval = bn.apply(variables, x_eval, use_running_average=True)
+
+  x64 = x.astype(np.float64)
+  n = 10  # the batch size
+  running_mean = 0.9 * 0.0 + 0.1 * x64.mean((0, 1, 2))
+  running_var = 0.9 * 1.0 + 0.1 * x64.var((0, 1, 2)) * n / (n - 1)
+  expected = ((x_eval - running_mean) / np.sqrt(running_var + 0.5)
+              * np.array([2.0, -0.5]) + np.array([0.25, 1.0]))
+  np.testing.assert_allclose(y_eval, expected, rtol=1e-5, atol=1e-5)
+  # Evaluation leaves the running statistics alone.
+  _, after = bn.apply(variables, x_eval, use_running_average=True, mutable=["batch_stats"])
+  for name in ("mean", "var"):
+    np.testing.assert_array_equal(after["batch_stats"][name], variables["batch_stats"][name])
+
+
 # The parameterization switch.
 
 def test_parameterization_switch_builds_each_and_rejects_unknown():
@@ -306,16 +363,6 @@ def test_parameterization_switch_builds_each_and_rejects_unknown():
   with pytest.raises(ValueError, match="valid ones are normal, wn, bn, mobn, wn_mobn"):
     layers.NormalizedConv(4, (3, 3), parameterization="weightnorm").init(
         jax.random.key(1), x, train=True)
-
-
-@pytest.mark.parametrize("parameterization", ["normal", "mobn"])
-def test_normal_parameterization_starts_standardised(parameterization):
-  x = 4.0 + 3.0 * jax.random.normal(jax.random.key(0), (16, 6, 6, 3))
-  layer = layers.NormalizedDense(5, parameterization=parameterization)
-  variables = layer.init(jax.random.key(1), x, train=True)
-  y = layer.apply(variables, x, train=True, mutable=["batch_stats"])[0]
-  np.testing.assert_allclose(jnp.mean(y, (0, 1, 2)), 0.0, atol=1e-4)
-  np.testing.assert_allclose(jnp.std(y, (0, 1, 2)), 1.0, rtol=1e-3)
 
 
 # 8. Init with the batch sharded over 8 devices equals init on one device.

@@ -1,5 +1,7 @@
 """Tests of `ops.conv2d`: the per-tap weight gradient equals XLA's."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -102,8 +104,47 @@ def test_per_tap_matches_xla(name):
   assert grads_tap[1].dtype == kernel.dtype
 
 
-@pytest.mark.parametrize("name", ["3x3_stride2_same_odd", "explicit_crop_stride2",
-                                  "nonsquare_kernel"])
+# The explicit ((lo_h, hi_h), (lo_w, hi_w)) padding of each case, worked out
+# by hand: SAME pads out = ceil(in / stride) outputs with total padding
+# (out - 1) * stride + k - in, the odd one extra at the end (SAME) or at the
+# start (SAME_LOWER).
+EXPLICIT_PADS = {
+    "3x3_same": ((1, 1), (1, 1)),                 # 8 -> 8: total 2
+    "3x3_stride2_same_even": ((0, 1), (0, 1)),    # 8 -> 4: total 3*2+3-8 = 1
+    "3x3_stride2_same_lower_even": ((1, 0), (1, 0)),
+    "3x3_stride2_same_odd": ((1, 1), (1, 1)),     # 7 -> 4: 2; 9 -> 5: 2
+    "explicit_crop_stride2": ((0, -1), (1, 2)),
+    "nonsquare_kernel": ((1, 1), (0, 0)),         # 7 -> 7 (k 3): 2; 10 -> 5 (k 2, s 2): 0
+    "5x5_same_lower_odd": ((2, 2), (2, 2)),       # 11 -> 11, 5 -> 5: total 4
+}
+CASES["3x3_stride2_same_lower_even"] = ((2, 8, 8, 3), (3, 3, 3, 4), 2, "SAME_LOWER")
+
+
+def _strides(case):
+  strides = case[2]
+  return (strides, strides) if isinstance(strides, int) else strides
+
+
+def _numpy_conv(x, kernel, strides, pads):
+  """y[b, h, w] = sum_ij x_pad[b, h*s + i, w*s + j] @ kernel[i, j], float64."""
+  x, kernel = np.asarray(x, np.float64), np.asarray(kernel, np.float64)
+  (lo_h, hi_h), (lo_w, hi_w) = pads
+  x = np.pad(x, ((0, 0), (max(lo_h, 0), max(hi_h, 0)),
+                 (max(lo_w, 0), max(hi_w, 0)), (0, 0)))
+  x = x[:, max(-lo_h, 0):x.shape[1] - max(-hi_h, 0),
+        max(-lo_w, 0):x.shape[2] - max(-hi_w, 0)]
+  (kh, kw), (sh, sw) = kernel.shape[:2], strides
+  out_h, out_w = (x.shape[1] - kh) // sh + 1, (x.shape[2] - kw) // sw + 1
+  y = np.zeros((x.shape[0], out_h, out_w, kernel.shape[3]))
+  for i in range(kh):
+    for j in range(kw):
+      patch = x[:, i:i + (out_h - 1) * sh + 1:sh, j:j + (out_w - 1) * sw + 1:sw]
+      y += patch @ kernel[i, j]
+  return y
+
+
+@pytest.mark.parametrize("name", ["3x3_stride2_same_odd", "3x3_stride2_same_even",
+                                  "explicit_crop_stride2", "nonsquare_kernel"])
 def test_kernel_grad_matches_numpy(name):
   """Independent of XLA: guards against both modes sharing a padding bug."""
   x_shape, kernel_shape, strides, padding = CASES[name]
@@ -111,26 +152,41 @@ def test_kernel_grad_matches_numpy(name):
   conv = lambda k: ops.conv2d(x, k, strides, padding, "per_tap", HIGHEST)
   dy = _normal(jax.eval_shape(conv, kernel).shape, 3)
   (dkernel,) = jax.jit(lambda k, dy: jax.vjp(conv, k)[1](dy))(kernel, dy)
-
-  strides = (strides, strides) if isinstance(strides, int) else strides
-  pads = (padding if not isinstance(padding, str) else
-          lax.padtype_to_pads(x.shape[1:3], kernel.shape[:2], strides, padding))
-  _assert_close(dkernel, _numpy_kernel_grad(x, dy, kernel.shape[:2], strides,
-                                            pads))
+  _assert_close(dkernel, _numpy_kernel_grad(x, dy, kernel.shape[:2], _strides(CASES[name]),
+                                            EXPLICIT_PADS[name]))
 
 
-@pytest.mark.parametrize("name", ["3x3_same", "3x3_stride2_same_odd",
-                                  "5x5_same_lower_odd"])
-def test_xla_mode_is_lax_conv(name):
-  """String padding is resolved exactly as lax resolves it."""
+@pytest.mark.parametrize("name", ["3x3_same", "3x3_stride2_same_even",
+                                  "3x3_stride2_same_lower_even", "5x5_same_lower_odd",
+                                  "nonsquare_kernel"])
+@pytest.mark.parametrize("weight_grad", ["xla", "per_tap"])
+def test_forward_matches_numpy(name, weight_grad):
+  """String padding resolves to the hand-computed explicit padding."""
   x_shape, kernel_shape, strides, padding = CASES[name]
   x, kernel = _inputs(x_shape, kernel_shape)
-  strides = (strides, strides) if isinstance(strides, int) else strides
-  expected = lax.conv_general_dilated(
-      x, kernel, strides, padding, dimension_numbers=DIMENSION_NUMBERS,
-      precision=HIGHEST)
-  _assert_close(ops.conv2d(x, kernel, strides, padding, "xla", HIGHEST),
-                expected, rtol=1e-6)
+  _assert_close(ops.conv2d(x, kernel, strides, padding, weight_grad, HIGHEST),
+                _numpy_conv(x, kernel, _strides(CASES[name]), EXPLICIT_PADS[name]))
+
+
+@pytest.mark.parametrize("rows_per_chunk", [7, 16, 20])
+def test_chunked_kernel_grad_matches_xla(rows_per_chunk):
+  """The rows split into several chunks (the paper network's 32x32 layers
+  use four at batch 100): the chunk sums must add up to XLA's gradient."""
+  x_shape, kernel_shape, strides, padding = CASES["3x3_stride2_same_odd"]
+  x, kernel = _inputs(x_shape, kernel_shape)  # 2 x 4 x 5 = 40 output rows
+  pads = EXPLICIT_PADS["3x3_stride2_same_odd"]
+  conv = lambda k: lax.conv_general_dilated(
+      x, k, _strides(CASES["3x3_stride2_same_odd"]), pads,
+      dimension_numbers=DIMENSION_NUMBERS, precision=HIGHEST)
+  dy = _normal(jax.eval_shape(conv, kernel).shape, 3)
+  (expected,) = jax.vjp(conv, kernel)[1](dy)
+  grad = functools.partial(ops.per_tap_kernel_grad, kernel_hw=(3, 3), strides=(2, 2),
+                           pads=pads, precision=HIGHEST, rows_per_chunk=rows_per_chunk)
+  jaxpr = jax.make_jaxpr(grad)(x, dy)
+  chunk_counts = {e.invars[0].aval.shape[0] for e in jaxpr.eqns
+                  if e.primitive.name == "dot_general"}
+  assert len(chunk_counts) == 1 and chunk_counts.pop() > 1  # really chunked
+  _assert_close(jax.jit(grad)(x, dy), expected)
 
 
 def test_per_tap_eager_matches_jit():

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -9,10 +10,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import REPO_ROOT, tiny_config
+from conftest import MODEL_FUNCTIONS, REPO_ROOT, tiny_config
 
 from configs import cifar
-from wn_jax import layers, train
+from wn_jax import input_pipeline, layers, train
 
 
 def _read_metrics(workdir):
@@ -20,11 +21,70 @@ def _read_metrics(workdir):
     return [json.loads(line) for line in f]
 
 
+def _lrelu(x):
+  return np.maximum(x, 0.1 * x)
+
+
+def _max_pool_2x2(x):
+  b, h, w, c = x.shape
+  return x.reshape(b, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
+
+
+def _eval_forward(params, model_state, x):
+  """The CIFAR net in evaluation mode written out in numpy (float64): no
+  noise or dropout, BN / mean-only BN with the running statistics."""
+  frozen = model_state.get("frozen", {})
+  stats = model_state.get("batch_stats", {})
+
+  def layer(name, x, padding=None):
+    p = {k: np.asarray(v, np.float64) for k, v in params[name]["linear"].items()}
+    if "v" in p:  # w = g v / ||v||
+      w = p["g"] * p["v"] / np.sqrt(np.sum(p["v"] ** 2, axis=tuple(range(p["v"].ndim - 1))))
+    else:
+      w = p["kernel"]
+    if w.ndim == 2:
+      y = x @ w
+    else:  # stride 1, 'SAME' (pad k//2) or 'VALID'
+      kh, kw = w.shape[:2]
+      pad = 0 if padding == "VALID" else kh // 2
+      xp = np.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+      out_h, out_w = xp.shape[1] - kh + 1, xp.shape[2] - kw + 1
+      y = sum(xp[:, i:i + out_h, j:j + out_w] @ w[i, j] for i in range(kh) for j in range(kw))
+    if name in frozen:
+      y = y * np.asarray(frozen[name]["linear"]["scale"], np.float64)
+    if "b" in p:
+      y = y + p["b"]
+    if name in stats:
+      s = {k: np.asarray(v, np.float64) for k, v in stats[name]["norm"].items()}
+      n = {k: np.asarray(v, np.float64) for k, v in params[name]["norm"].items()}
+      if "var" in s:  # BN: (y - mean) / sqrt(var + 1e-6) * scale + b
+        y = (y - s["mean"]) / np.sqrt(s["var"] + 1e-6) * n["scale"] + n["b"]
+      else:  # mean-only BN: y - mean + b
+        y = y - s["mean"] + n["b"]
+    return y
+
+  x = np.asarray(x, np.float64)
+  for i in range(3):
+    x = _lrelu(layer(f"NormalizedConv_{i}", x))
+  x = _max_pool_2x2(x)
+  for i in range(3, 6):
+    x = _lrelu(layer(f"NormalizedConv_{i}", x))
+  x = _max_pool_2x2(x)
+  x = _lrelu(layer("NormalizedConv_6", x, padding="VALID"))
+  for i in (7, 8):
+    x = _lrelu(layer(f"NormalizedConv_{i}", x))
+  return layer("NormalizedDense_0", x.mean(axis=(1, 2)))
+
+
 @pytest.mark.parametrize("parameterization", layers.PARAMETERIZATIONS)
-def test_every_parameterization_trains(parameterization, image_folder, tmp_path):
+def test_every_parameterization_trains(parameterization, image_folder, tmp_path,
+                                       model_compilations):
   config = tiny_config(image_folder, parameterization)
   state = train.train_and_evaluate(config, str(tmp_path))
   assert int(state.step) == 12  # 60 images / batch 10 x 2 epochs
+  # The model's init, step and eval were compiled (and this check sees them).
+  assert all(any(f in name for name in model_compilations)
+             for f in MODEL_FUNCTIONS), model_compilations
   epochs = [r for r in _read_metrics(tmp_path) if "test_error" in r]
   assert [r["epoch"] for r in epochs] == [1, 2]
   for r in epochs:
@@ -38,11 +98,32 @@ def test_every_parameterization_trains(parameterization, image_folder, tmp_path)
   assert os.path.exists(os.path.join(tmp_path, "config.json"))
   assert any(f.startswith("events.out.tfevents") for f in os.listdir(tmp_path))
 
+  # Training moved the running statistics of every BN / mean-only BN layer
+  # away from their initial values (mean 0, variance 1) ...
+  stats = state.model_state.get("batch_stats", {})
+  assert bool(stats) == (parameterization in ("bn", "mobn", "wn_mobn"))
+  for name, layer_stats in stats.items():
+    assert np.all(layer_stats["norm"]["mean"] != 0.0), name
+    if parameterization == "bn":
+      assert np.all(layer_stats["norm"]["var"] != 1.0), name
+  # ... and the last evaluation is that of the final state with them: the
+  # test error and loss of a forward pass written out independently.
+  dataset = input_pipeline.load_dataset(config.data)
+  _, test_x = input_pipeline.whiten_dataset(dataset, config.data.zca_regularization)
+  logits = _eval_forward(state.params, state.model_state, test_x)
+  labels = dataset.test_labels
+  log_probs = logits - logits.max(-1, keepdims=True)
+  log_probs -= np.log(np.exp(log_probs).sum(-1, keepdims=True))
+  assert epochs[-1]["test_error"] == np.mean(logits.argmax(-1) != labels)
+  np.testing.assert_allclose(
+      epochs[-1]["test_loss"], -np.mean(log_probs[np.arange(len(labels)), labels]), rtol=1e-4)
+
 
 def test_loss_drops_on_memorisable_subset(image_folder, tmp_path):
   config = tiny_config(image_folder, "wn")
   config.num_epochs = 30
   config.optimizer.anneal_start_epoch = 20
+  config.checkpoint_every_epochs = 30  # only the final one: not the point here
   config.optimizer.learning_rate = 3e-3
   config.model.dropout_rate = 0.0
   config.model.input_noise = 0.0
@@ -74,6 +155,33 @@ def test_learning_rate_and_b1_follow_the_recipe():
   for epoch in (0, 99, 100, 150, 199):
     np.testing.assert_allclose(seen[epoch][0], 1e-3 * min(2 - epoch / 100, 1), rtol=1e-6)
     assert seen[epoch][1] == pytest.approx(0.9 if epoch < 100 else 0.5)
+
+
+def test_learning_rate_and_b1_anneal_from_any_epoch():
+  """10 epochs, annealing from epoch 3: constant through epoch 3, then
+  (10 - epoch) / 7 of it; beta1 0.9 before epoch 3 and 0.5 from it."""
+  config = cifar.get_config()
+  config.num_epochs = 10
+  config.optimizer.anneal_start_epoch = 3
+  steps_per_epoch = 4
+  learning_rate, b1 = train.learning_rate_and_b1(config, steps_per_epoch)
+  expected = {0: (1e-3, 0.9), 2: (1e-3, 0.9), 3: (1e-3, 0.5), 4: (6e-3 / 7, 0.5),
+              9: (1e-3 / 7, 0.5)}
+  for epoch, (lr, beta1) in expected.items():
+    for step in (epoch * steps_per_epoch, (epoch + 1) * steps_per_epoch - 1):
+      np.testing.assert_allclose(learning_rate(step), lr, rtol=1e-6, err_msg=str(epoch))
+      np.testing.assert_allclose(b1(step), beta1, rtol=1e-6, err_msg=str(epoch))
+  # The optimizer sees the same values.
+  tx = train.create_optimizer(config, steps_per_epoch)
+  params = {"w": jnp.ones(3)}
+  opt_state = tx.init(params)
+  seen = {}
+  for step in range(10 * steps_per_epoch):
+    seen[step // steps_per_epoch] = (float(opt_state.hyperparams["learning_rate"]),
+                                     float(opt_state.hyperparams["b1"]))
+    _, opt_state = tx.update({"w": jnp.ones(3)}, opt_state, params)
+  for epoch, values in expected.items():
+    np.testing.assert_allclose(seen[epoch], values, rtol=1e-6, err_msg=str(epoch))
 
 
 def test_adam_has_epsilon_inside_the_square_root():
@@ -128,7 +236,7 @@ def test_resume_equals_uninterrupted_run(image_folder, tmp_path):
       r["step"] for r in _read_metrics(tmp_path / "a")]
 
 
-def test_refuses_to_resume_with_a_different_config(image_folder, tmp_path):
+def test_refuses_to_resume_with_a_different_config(image_folder, tmp_path, monkeypatch):
   config = tiny_config(image_folder, "wn")
   config.num_epochs = 1
   config.optimizer.anneal_start_epoch = 1
@@ -136,25 +244,38 @@ def test_refuses_to_resume_with_a_different_config(image_folder, tmp_path):
   other = tiny_config(image_folder, "bn")
   other.num_epochs = 1
   other.optimizer.anneal_start_epoch = 1
-  with pytest.raises(ValueError, match=r"model.parameterization: saved 'wn', now 'bn'.*new --workdir"):
+  monkeypatch.setattr(train.input_pipeline, "load_dataset", _loader_that_must_not_run)
+  with pytest.raises(ValueError, match=re.escape(
+      f"Workdir {tmp_path} holds checkpoints of a different config (model.parameterization: "
+      "saved 'wn', now 'bn'). Refusing to resume: use a new --workdir, or the saved config.")):
     train.train_and_evaluate(other, str(tmp_path))
 
 
+def _loader_that_must_not_run(config):
+  raise AssertionError("the data was loaded before the bad input was reported")
+
+
 @pytest.mark.parametrize("key, value, message", [
-    ("model.parameterization", "weightnorm", "valid ones are normal, wn, bn"),
-    ("optimizer.learning_rate", 0.0, "learning_rate must be positive"),
-    ("batch_size", -10, "batch_size must be positive"),
-    ("num_epochs", 0, "num_epochs must be positive"),
-    ("model.width", 0, "width must be positive"),
-    ("init_batch_size", 1, "at least 2 examples"),
-    ("data.source", "s3", "data.source must be one of"),
+    ("model.parameterization", "weightnorm",
+     "Unknown parameterization 'weightnorm'; valid ones are normal, wn, bn, mobn, wn_mobn."),
+    ("optimizer.learning_rate", 0.0,
+     "config.optimizer.learning_rate must be positive, got 0.0."),
+    ("batch_size", -10, "config.batch_size must be positive, got -10."),
+    ("num_epochs", 0, "config.num_epochs must be positive, got 0."),
+    ("model.width", 0, "config.model.width must be positive, got 0."),
+    ("init_batch_size", 1, "config.init_batch_size=1: the data-dependent init needs at "
+     "least 2 examples to compute a standard deviation."),
+    ("data.source", "s3", "config.data.source must be one of"),
 ])
-def test_bad_config_fails_before_compiling(key, value, message, image_folder, tmp_path):
+def test_bad_config_fails_before_loading_data_or_compiling(
+    key, value, message, image_folder, tmp_path, monkeypatch, model_compilations):
   config = tiny_config(image_folder)
   section, _, name = key.rpartition(".")
   setattr(config[section] if section else config, name, value)
-  with pytest.raises(ValueError, match=message):
-    train.validate_config(config, num_devices=1)
+  monkeypatch.setattr(train.input_pipeline, "load_dataset", _loader_that_must_not_run)
+  with pytest.raises(ValueError, match=re.escape(message)):
+    train.train_and_evaluate(config, str(tmp_path))
+  assert not model_compilations
 
 
 def test_batch_not_divisible_by_devices():
@@ -167,10 +288,18 @@ def test_unknown_variant():
     cifar.get_config("wn,fast")
 
 
-def test_missing_data_folder(tmp_path):
+def test_missing_data_folder(tmp_path, model_compilations):
   config = tiny_config(str(tmp_path / "nowhere"))
-  with pytest.raises(FileNotFoundError, match="nowhere"):
+  expected = (
+      f"Data folder '{tmp_path / 'nowhere'}' does not exist. Expected the layout "
+      "<folder>/<split>/<class name>/<image file> (e.g. <folder>/train/airplane/0000.jpg). "
+      "Extract the image tarball (e.g. `tar -xzf cifar10-jpeg.tar.gz -C <dir>`) and pass "
+      "--config.data.source=folder --config.data.folder=<dir>/cifar10-jpeg, or use "
+      "--config.data.source=tfds on a machine that can download.")
+  with pytest.raises(FileNotFoundError) as error:
     train.train_and_evaluate(config, str(tmp_path / "work"))
+  assert str(error.value) == expected
+  assert not model_compilations
 
 
 def test_cli_trains_and_resumes(image_folder, tmp_path):

@@ -39,7 +39,7 @@ _DIMENSION_NUMBERS = ("NHWC", "HWIO", "NHWC")
 # chunks (one batched dot, then a sum), presumably because a chunk's
 # operands fit in cache: batch 100 at 32x32, 1x1 conv 15.6 -> 9.8 ms,
 # 3x3 96->96 ~207 -> ~183 ms; no change at 16x16 (25.6k rows, 1 chunk).
-_ROWS_PER_CHUNK = 32768
+ROWS_PER_CHUNK = 32768
 
 Padding = str | Sequence[tuple[int, int]]
 
@@ -168,6 +168,7 @@ def per_tap_kernel_grad(
     strides: Sequence[int],
     pads: Sequence[tuple[int, int]],
     precision: Any = None,
+    rows_per_chunk: int = ROWS_PER_CHUNK,
 ) -> jax.Array:
   """Kernel gradient of a conv as one matmul per kernel tap.
 
@@ -181,6 +182,8 @@ def per_tap_kernel_grad(
     strides: (stride_h, stride_w).
     pads: ((lo_h, hi_h), (lo_w, hi_w)), explicit.
     precision: passed to the matmuls.
+    rows_per_chunk: the batch*Ho*Wo rows are split into equal chunks of at
+      most about this many, one batched matmul over the chunks, then a sum.
 
   Returns:
     [kh, kw, in_features, out_features] in float32 for 16-bit inputs (the
@@ -200,7 +203,7 @@ def per_tap_kernel_grad(
   rows = batch * out_h * out_w
   if rows == 0:
     return jnp.zeros((kh, kw, in_features, out_features), acc_dtype)
-  chunks = _num_row_chunks(rows)
+  chunks = _num_row_chunks(rows, rows_per_chunk)
   dy_rows = dy.reshape(chunks, rows // chunks, out_features)
   # Formulations tried for the 3x3 96->96 32x32 batch-100 case (XLA:CPU
   # pinned to 2 cores, weight gradient alone; XLA's conv: ~340 ms):
@@ -231,9 +234,9 @@ def per_tap_kernel_grad(
   return jnp.stack(taps).reshape(kh, kw, in_features, out_features)
 
 
-def _num_row_chunks(rows):
-  """Smallest divisor of `rows` giving chunks of at most ~_ROWS_PER_CHUNK."""
-  target = max(1, -(-rows // _ROWS_PER_CHUNK))
+def _num_row_chunks(rows, rows_per_chunk):
+  """Smallest divisor of `rows` giving chunks of at most ~`rows_per_chunk`."""
+  target = max(1, -(-rows // rows_per_chunk))
   for chunks in range(target, 2 * target + 1):
     if rows % chunks == 0:
       return chunks

@@ -495,7 +495,9 @@ class _MetricsLog:
 
   def __init__(self, workdir: str, resume_step: int):
     self.path = os.path.join(workdir, "metrics.jsonl")
-    if os.path.exists(self.path):  # Drop records past the restored checkpoint.
+    # Drop records past the restored checkpoint (process 0 alone writes the
+    # file; another host rewriting it could drop process 0's new records).
+    if jax.process_index() == 0 and os.path.exists(self.path):
       with open(self.path) as f:
         kept = [line for line in f if line.strip() and json.loads(line)["step"] <= resume_step]
       with open(self.path, "w") as f:
