@@ -215,7 +215,8 @@ def analytic_flops(model: Any, variables: Any) -> dict[str, float]:
   """
   def forward(variables, x):
     return model.apply(variables, x, train=False, mutable=["intermediates"],
-                       capture_intermediates=lambda mdl, _: mdl.name == "linear")
+                       capture_intermediates=lambda mdl, method: (
+                           mdl.name == "linear" and method == "__call__"))
 
   x = jax.ShapeDtypeStruct((1, *IMAGE_SHAPE), jnp.float32)
   shapes = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), variables)
