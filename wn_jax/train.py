@@ -739,8 +739,8 @@ def _evaluate_params(program: Program, state: TrainState, prefix: str
                           rows, mask)
     sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
   sums = fetch(sums)
-  return [{f"{prefix}_loss": float(sums["loss"][k] / sums["count"][k]),
-           f"{prefix}_error": float(sums["error"][k] / sums["count"][k])}
+  return [{f"{prefix}_loss": float(sums["loss"][k]) / float(sums["count"][k]),
+           f"{prefix}_error": float(sums["error"][k]) / float(sums["count"][k])}
           for k in range(len(program.members.configs))]
 
 
