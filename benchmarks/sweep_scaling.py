@@ -50,7 +50,8 @@ def _median_time(fn, args, reps: int, warmup: int) -> float:
   return statistics.median(times)
 
 
-def time_members(config, num_members: int, train_size: int, reps: int, warmup: int) -> float:
+def time_members(config, num_members: int, train_size: int, reps: int, warmup: int,
+                 member_loop: str) -> float:
   """Median step time of a sweep of `num_members` members (seconds)."""
   mesh = train.create_mesh()
   replicated = NamedSharding(mesh, PartitionSpec())
@@ -66,7 +67,8 @@ def time_members(config, num_members: int, train_size: int, reps: int, warmup: i
   learning_rates = jnp.full((num_members,), config.optimizer.learning_rate, jnp.float32)
   init_rows = jnp.asarray(np.stack([rng.permutation(train_size)[:config.init_batch_size]
                                     for _ in range(num_members)]), jnp.int32)
-  state = jax.jit(functools.partial(train.sweep_init, model=model, optimizer=optimizer),
+  state = jax.jit(functools.partial(train.sweep_init, model=model, optimizer=optimizer,
+                                    member_loop=member_loop),
                   out_shardings=per_member)(
       images, init_rows, keys[:, 0], jnp.ones(num_members, jnp.float32), learning_rates,
       None)
@@ -77,7 +79,7 @@ def time_members(config, num_members: int, train_size: int, reps: int, warmup: i
   step_fn = jax.jit(
       functools.partial(train.sweep_train_step, steps_per_epoch=steps_per_epoch,
                         model=model, optimizer=optimizer, augment_flip=False,
-                        augment_max_translation=0),
+                        augment_max_translation=0, member_loop=member_loop),
       in_shardings=(per_member, replicated, replicated, per_member, per_member, per_member),
       out_shardings=(per_member, per_member), donate_argnums=0)
   return _median_time(step_fn, (state, images, labels, epoch_rows, keys[:, 1],
@@ -110,6 +112,7 @@ def main() -> None:
   parser.add_argument("--width", type=int, default=96)
   parser.add_argument("--dtype", default="float32", choices=tuple(train.DTYPES))
   parser.add_argument("--members", default="1,2,4,8,16")
+  parser.add_argument("--member-loop", default="auto", choices=train.MEMBER_LOOPS)
   parser.add_argument("--train-size", type=int, default=2000)
   parser.add_argument("--reps", type=int, default=10)
   parser.add_argument("--warmup", type=int, default=3)
@@ -120,7 +123,7 @@ def main() -> None:
   config.init_batch_size = 100
   print(f"JAX {jax.__version__}, backend {jax.default_backend()}, devices "
         f"{jax.devices()}, {os.cpu_count()} host cores")
-  print(f"command: python {' '.join(sys.argv)}\n")
+  print(f"command: python {' '.join(sys.argv)} (member loop {args.member_loop})\n")
   bare = time_bare_step(config, args.reps, args.warmup)
   times = {}
   print("| members | step ms | images/s per member | runs per hour (200 epochs) "
@@ -128,7 +131,7 @@ def main() -> None:
   print("| --- | --- | --- | --- | --- |")
   for num_members in [int(m) for m in args.members.split(",")]:
     times[num_members] = time_members(config, num_members, args.train_size, args.reps,
-                                      args.warmup)
+                                      args.warmup, args.member_loop)
     t = times[num_members]
     t1 = times.get(1, t)
     print(f"| {num_members} | {t * 1e3:.1f} | {config.batch_size / t:.0f} "

@@ -129,6 +129,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.sweep.learning_rate = ()
   config.sweep.init_scale = ()
   config.sweep.data_init = ()
+  # How one program runs its members: 'vmap' (batched: fills a GPU),
+  # 'unroll' (one copy per member: XLA:CPU's grouped convs are slower),
+  # 'auto' = unroll on CPU, vmap elsewhere.
+  config.sweep.member_loop = "auto"
 
   if "no_data_init" in variants:
     config.model.data_init = False
