@@ -14,7 +14,8 @@
 #   4      wn at lr 1e-3 on JPEG re-encodings of the data (quality 50, 90)
 #   5..8   the other rows' learning rates (normal, bn, mobn, wn_mobn at
 #          3e-4, 3e-3, 1e-2), one parameterization per part
-#   bench  sweep throughput against members (fp32, bf16) at full width
+#   bench  sweep throughput against members (fp32, bf16) at full width, and
+#          one member against PyTorch (eager and torch.compile max-autotune)
 # Every training process runs under `timeout $BUDGET_S` (default 500 s), so
 # a part ends in time; a run stopped early keeps its records up to its last
 # epoch (its metrics.jsonl says how far it got).
@@ -130,8 +131,12 @@ case $part in
     for dtype in float32 bfloat16; do
       XLA_PYTHON_CLIENT_MEM_FRACTION=0.8 timeout "$budget" \
         python3 benchmarks/sweep_scaling.py --members 1,2,4,8,16 --dtype "$dtype" \
-          --reps 20 > "$logs/sweep_scaling_$dtype.log" 2>&1 || true
-    done ;;
+          --member-loop vmap --reps 20 > "$logs/sweep_scaling_$dtype.log" 2>&1 || true
+    done
+    # One member against PyTorch eager and torch.compile (max-autotune, TF32).
+    XLA_PYTHON_CLIENT_MEM_FRACTION=0.5 timeout "$budget" \
+      python3 benchmarks/step_time.py --parameterizations normal,wn --reps 50 \
+        --torch-compile max-autotune > "$logs/step_time_torch.log" 2>&1 || true ;;
   *)
     echo "unknown part '$part': 1..8 or bench" >&2; exit 2 ;;
 esac
