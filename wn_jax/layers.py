@@ -455,7 +455,7 @@ class _WeightNormOf(nn.Module):
   exactly `v`, `g`, `b` directly under the layer's name."""
 
   def _layer(self) -> nn.Module:
-    raise NotImplementedError
+    raise TypeError(f"{type(self).__name__} must define _layer(), the layer to wrap.")
 
   def setup(self):
     self.weight_norm = WeightNorm(
