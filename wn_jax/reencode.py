@@ -226,8 +226,8 @@ def main(argv: list[str] | None = None) -> None:
     sys.exit(f"error: {e}")
   what = ("png" if args.format == "png"
           else f"jpeg q{args.quality} {args.subsampling}")
-  print(f"| copy | split | images | mean abs diff | PSNR (dB) | bytes/image |")
-  print(f"| --- | --- | --- | --- | --- | --- |")
+  print("| copy | split | images | mean abs diff | PSNR (dB) | bytes/image |")
+  print("| --- | --- | --- | --- | --- | --- |")
   for split, d in differences.items():
     print(f"| {what} | {split} | {d.num_images} | {d.mean_abs:.3f} | {d.psnr_db:.2f} | "
           f"{d.mean_bytes:.0f} |")
