@@ -71,3 +71,24 @@ def test_run_label_names_the_init_order():
   assert plot.run_label(config, with_seed=True) == "wn (independent init) seed 0"
   del config["model"]["init_order"]  # records written before the key existed
   assert plot.run_label(config, with_seed=False) == "wn"
+
+
+def test_a_diverged_run_puts_the_loss_panel_on_a_log_axis(tmp_path, monkeypatch):
+  figures = []
+  monkeypatch.setattr(plot, "_save", lambda fig, output, title: figures.append(fig))
+  healthy = _fake_workdir(tmp_path / "healthy", "wn", 1e-3, 0, 0.30)
+  plot.main(["--kind", "curves", healthy, "-o", str(tmp_path / "a.png")])
+  diverged = _fake_workdir(tmp_path / "diverged", "wn", 1e-3, 1, 0.90)
+  metrics = os.path.join(diverged, "metrics.jsonl")
+  with open(metrics) as f:
+    records = f.read().replace('"train_loss": 1.0', '"train_loss": 2.4e14')
+  with open(metrics, "w") as f:
+    f.write(records)
+  for kind in ("curves", "curves_mean"):
+    plot.main(["--kind", kind, healthy, diverged, "-o", str(tmp_path / "b.png")])
+  loss_scales = [fig.axes[0].get_yscale() for fig in figures]
+  error_scales = {ax.get_yscale() for fig in figures for ax in fig.axes[1:]}
+  assert loss_scales == ["linear", "log", "log"]
+  assert error_scales == {"linear"}
+  assert plot.loss_axis_scale([1.0, float("nan"), 2.0]) == "linear"
+  assert plot.loss_axis_scale([0.0, 1e9]) == "linear"

@@ -180,11 +180,29 @@ CURVE_PANELS = (
 )
 
 
+# A loss panel whose positive values span more than this ratio is drawn on a
+# log axis, so that a diverged run (loss 1e14) does not flatten the others.
+LOG_LOSS_SPAN = 1e3
+
+
+def loss_axis_scale(values: Sequence[float]) -> str:
+  """'log' if the finite values are positive and max/min > LOG_LOSS_SPAN,
+  else 'linear'. `values`: a panel's values, or just its lowest and highest."""
+  finite = np.asarray(values, np.float64)
+  finite = finite[np.isfinite(finite)]
+  if finite.size == 0 or finite.min() <= 0:
+    return "linear"
+  return "log" if finite.max() / finite.min() > LOG_LOSS_SPAN else "linear"
+
+
 def _curve_figure(output: str, title: str | None, draw, panel_suffix: str = "") -> None:
-  """One panel per CURVE_PANELS entry; draw(ax, key, scale) fills each."""
+  """One panel per CURVE_PANELS entry; draw(ax, key, scale) fills each.
+  The loss panel goes on a log axis when loss_axis_scale says so."""
   fig, axes = plt.subplots(1, len(CURVE_PANELS), figsize=(16, 4.2))
   for ax, (key, name, ylabel, scale) in zip(axes, CURVE_PANELS):
     draw(ax, key, scale)
+    if key.endswith("_loss"):
+      ax.set_yscale(loss_axis_scale([ax.dataLim.y0, ax.dataLim.y1]))  # lines and bands
     ax.set_xlabel("epoch")
     ax.set_ylabel(ylabel)
     ax.set_title(name + panel_suffix, fontsize=10)
