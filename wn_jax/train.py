@@ -428,6 +428,11 @@ def create_mesh() -> Mesh:
   return Mesh(np.asarray(jax.devices()).reshape(1, -1), MESH_AXES)
 
 
+def mesh_sharding(mesh: Mesh, *spec) -> NamedSharding:
+  """`NamedSharding(mesh, PartitionSpec(*spec))`; no spec: replicated."""
+  return NamedSharding(mesh, PartitionSpec(*spec))
+
+
 def put_global(host_array: np.ndarray, sharding: NamedSharding) -> Array:
   """Places an array that every process holds whole, in any sharding.
 
@@ -614,7 +619,7 @@ def load_data(config: ml_collections.ConfigDict, mesh: Mesh) -> DeviceData:
         f"batch_size={config.batch_size} or init_batch_size={config.init_batch_size}.")
   logging.info("ZCA fitted and applied in %.1f s%s.", data.report.whiten_seconds,
                " (whitened arrays read from the data cache)" if data.report.cache == "hit" else "")
-  replicated = NamedSharding(mesh, PartitionSpec())
+  replicated = mesh_sharding(mesh)
   return DeviceData(
       put_global(data.train_x, replicated), put_global(data.train_y, replicated),
       put_global(data.test_x, replicated), put_global(data.test_y, replicated),
@@ -678,15 +683,13 @@ class Program(NamedTuple):
   norms_fn: Callable[[PyTree], dict[str, Array]] | None  # None: no WN layer.
 
   def sharding(self, *spec) -> NamedSharding:
-    return NamedSharding(self.mesh, PartitionSpec(*spec))
+    return mesh_sharding(self.mesh, *spec)
 
 
 def build_program(config: ml_collections.ConfigDict, mesh: Mesh, members: Members,
                   data: DeviceData) -> Program:
   """The model, the keys and the jitted init, step, eval and norms."""
-  def sharding(*spec):
-    return NamedSharding(mesh, PartitionSpec(*spec))
-
+  sharding = functools.partial(mesh_sharding, mesh)
   replicated, per_member = sharding(), sharding("members")
   data_devices = mesh.shape["data"]
   num_train = data.train_images.shape[0]
