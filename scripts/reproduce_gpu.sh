@@ -14,8 +14,9 @@
 #   4      wn at lr 1e-3 on JPEG re-encodings of the data (quality 50, 90)
 #   5..8   the other rows' learning rates (normal, bn, mobn, wn_mobn at
 #          3e-4, 3e-3, 1e-2), one parameterization per part
-#   bench  sweep throughput against members (fp32, bf16) at full width, and
-#          one member against PyTorch (eager and torch.compile max-autotune)
+#   bench  folded vs unfolded eval time, sweep throughput against members
+#          (fp32, bf16) at full width, and one member against PyTorch (eager
+#          and torch.compile max-autotune)
 # Every training process runs under `timeout $BUDGET_S` (default 500 s), so
 # a part ends in time; a run stopped early keeps its records up to its last
 # epoch (its metrics.jsonl says how far it got).
@@ -128,6 +129,10 @@ case $part in
     MEM_FRACTION=0.8 train "${p}_sweep_lr" "$p" \
       --config.sweep.learning_rate='(0.0003, 0.003, 0.01)' ;;
   bench)
+    # Eval time of the folded (wn_jax.fold) vs the unfolded network.
+    XLA_PYTHON_CLIENT_MEM_FRACTION=0.5 timeout "$budget" \
+      python3 benchmarks/fold_eval_time.py --width 96 --batch 500 --reps 50 \
+        > "$logs/fold_eval_time.log" 2>&1 || true
     for dtype in float32 bfloat16; do
       XLA_PYTHON_CLIENT_MEM_FRACTION=0.8 timeout "$budget" \
         python3 benchmarks/sweep_scaling.py --members 1,2,4,8,16 --dtype "$dtype" \
