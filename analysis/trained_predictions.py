@@ -27,12 +27,22 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from configs import cifar  # noqa: E402
 from wn_jax import input_pipeline, train  # noqa: E402
 
 
 def read_config(workdir: str) -> ml_collections.ConfigDict:
+  """The run's saved config; it must have every key of today's config."""
   with open(os.path.join(workdir, "config.json")) as f:
-    return ml_collections.ConfigDict(json.load(f))
+    saved = json.load(f)
+  current = cifar.get_config(saved.get("model", {}).get("parameterization", "wn"))
+  missing = sorted(set(train._flatten_config(json.loads(current.to_json())))
+                   - set(train._flatten_config(saved)))
+  if missing:
+    raise ValueError(f"{workdir}/config.json lacks keys of the current config "
+                     f"({', '.join(missing)}): it was written by an older version of "
+                     "train.py; this script reads runs of the current version only.")
+  return ml_collections.ConfigDict(saved)
 
 
 def restore_variables(workdir: str) -> tuple[int, dict]:

@@ -6,8 +6,10 @@ import os
 
 import jax
 import numpy as np
+import pytest
 from conftest import tiny_config
 
+from configs import cifar
 from wn_jax import train
 
 ANALYSIS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "analysis")
@@ -41,3 +43,17 @@ def test_trained_predictions_restores_the_run_and_reproduces_its_test_error(
   cells = [c.strip() for c in row.strip("|").split("|")]
   assert cells[1] == str(step)
   assert float(cells[2].rstrip("%")) == round(100 * recorded, 2)
+
+
+def test_trained_predictions_names_the_keys_an_old_config_lacks(tmp_path):
+  trained_predictions = _load_script("trained_predictions")
+  saved = json.loads(cifar.get_config("wn").to_json())
+  del saved["model"]["init_order"]  # a key added after the run was trained
+  with open(tmp_path / "config.json", "w") as f:
+    json.dump(saved, f)
+  with pytest.raises(ValueError, match=r"lacks keys of the current config \(model.init_order\)"):
+    trained_predictions.read_config(str(tmp_path))
+  saved["model"]["init_order"] = "sequential"
+  with open(tmp_path / "config.json", "w") as f:
+    json.dump(saved, f)
+  assert trained_predictions.read_config(str(tmp_path)).model.init_order == "sequential"
