@@ -24,9 +24,14 @@ import numpy as np
 from wn_jax import models
 
 
-def layer_statistics(model, variables, x, rngs):
-  _, state = model.apply(variables, x, train=True, rngs=rngs,
-                         capture_intermediates=True, mutable=["intermediates", "batch_stats"])
+def layer_statistics(model, variables, x, rngs=None, train=True):
+  """(logits, rows): per Normalized layer in call order, (name, mean over
+  units of |mean|, mean, min and max over units of the std), each unit's
+  statistics over batch and positions of the layer's output. Training mode
+  (with `rngs` for noise and dropout) or, with train=False, eval mode."""
+  logits, state = model.apply(variables, x, train=train, rngs=rngs,
+                              capture_intermediates=True,
+                              mutable=["intermediates", "batch_stats"])
   inter = state["intermediates"]
   rows = []
   for name in sorted((k for k in inter if k.startswith("Normalized")),
@@ -35,7 +40,7 @@ def layer_statistics(model, variables, x, rngs):
     axes = tuple(range(y.ndim - 1))
     mean, std = y.mean(axes), y.std(axes)
     rows.append((name, np.abs(mean).mean(), std.mean(), std.min(), std.max()))
-  return rows
+  return logits, rows
 
 
 def main():
@@ -54,7 +59,7 @@ def main():
     model = models.CifarNet(width=args.width, parameterization=args.parameterization,
                             init_order=order)
     variables = jax.jit(lambda r, x: model.init(r, x, train=True))(rngs, x)
-    results[order] = layer_statistics(model, variables, x, apply_rngs)
+    _, results[order] = layer_statistics(model, variables, x, apply_rngs)
   print(f"{args.parameterization}, width {args.width}, init batch {len(x)} whitened "
         "CIFAR-10 training images, training mode (noise, dropout) with the init's keys\n")
   print("| layer | sequential: mean |mean| | sequential: std, mean (min..max) "

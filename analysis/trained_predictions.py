@@ -26,7 +26,10 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ANALYSIS_DIR = os.path.dirname(os.path.abspath(__file__))
+sys.path[:0] = [os.path.dirname(ANALYSIS_DIR), ANALYSIS_DIR]
+from init_order_stats import layer_statistics  # noqa: E402
+
 from configs import cifar  # noqa: E402
 from wn_jax import input_pipeline, train  # noqa: E402
 
@@ -60,19 +63,6 @@ def restore_variables(workdir: str) -> tuple[int, dict]:
   return step, jax.tree.map(lambda x: jnp.asarray(x)[0], variables)
 
 
-def layer_output_stds(model, variables, images) -> tuple[np.ndarray, dict[str, float]]:
-  """(logits [N, classes], {layer: mean over units of the per-unit std})."""
-  logits, state = model.apply(variables, images, train=False,
-                              capture_intermediates=True, mutable=["intermediates"])
-  inter = state["intermediates"]
-  stds = {}
-  for name in sorted((k for k in inter if k.startswith("Normalized")),
-                     key=lambda k: (k.startswith("NormalizedDense"), int(k.rsplit("_", 1)[1]))):
-    y = np.asarray(inter[name]["__call__"][0], np.float64)
-    stds[name] = float(y.std(axis=tuple(range(y.ndim - 1))).mean())
-  return np.asarray(logits, np.float64), stds
-
-
 def main():
   parser = argparse.ArgumentParser()
   parser.add_argument("workdirs", nargs="+")
@@ -94,7 +84,9 @@ def main():
     images, labels = data.test_x[rows_drawn], data.test_y[rows_drawn]
     model = train.create_model(config, num_classes=len(data.class_names))
     step, variables = restore_variables(workdir)
-    logits, stds = layer_output_stds(model, variables, jnp.asarray(images))
+    logits, layers = layer_statistics(model, variables, jnp.asarray(images), train=False)
+    logits = np.asarray(logits, np.float64)
+    stds = {name: std_mean for name, _, std_mean, _, _ in layers}
     predictions = logits.argmax(-1)
     counts = np.bincount(predictions, minlength=logits.shape[-1])
     layer_names = layer_names or list(stds)
