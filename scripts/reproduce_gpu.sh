@@ -24,6 +24,8 @@
 # training process runs under `timeout $BUDGET_S` (default 500 s); a run
 # stopped early keeps its records up to its last epoch (its metrics.jsonl
 # says how far it got, and the status line says it was stopped).
+# A jpeg_q<Q> run first re-encodes the images and fills the data cache for
+# them, before its budget starts. `bench` shares one BUDGET_S over its steps.
 # The whole protocol without a time limit: `python -m wn_jax.experiments`.
 #
 # Records (config.json + metrics.jsonl of every run, no checkpoints) are
@@ -100,8 +102,12 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader \
 python3 -c "import jax, flax, optax; print('jax', jax.__version__, 'flax', flax.__version__,
 'optax', optax.__version__, jax.devices())" > "$logs/versions.txt" 2>&1
 
-# Load, decode and whiten the data once; the runs then read the data cache.
+# Load, decode and whiten a data folder once (the first run that needs it);
+# the runs then read the data cache.
+declare -A warmed=()
 warm_cache() {
+  [ -z "${warmed[$1]:-}" ] || return 0
+  warmed[$1]=1
   python3 -c "import sys
 from configs import cifar
 from wn_jax import input_pipeline
@@ -109,7 +115,6 @@ data = cifar.get_config().data
 data.source, data.folder = 'folder', sys.argv[1]
 print(input_pipeline.load_whitened(data).report)" "$1" >> "$logs/data_cache.log" 2>&1
 }
-warm_cache "$DATA_DIR"
 
 # train NAME: one process, in the background, with the overrides its name
 # spells out. Processes sharing the GPU get equal slices of its memory.
@@ -127,9 +132,9 @@ train() {
       local q=${change#jpeg_q}
       data_dir=/tmp/wn_jax_data/jpeg_q$q
       [ -d "$data_dir" ] || python3 -m wn_jax.reencode "$DATA_DIR" "$data_dir" \
-        --quality "$q" --subsampling 4:2:0 > "$logs/reencode_q$q.log" 2>&1
-      warm_cache "$data_dir" ;;
+        --quality "$q" --subsampling 4:2:0 > "$logs/reencode_q$q.log" 2>&1 ;;
   esac
+  warm_cache "$data_dir"
   XLA_PYTHON_CLIENT_MEM_FRACTION=$mem_fraction timeout "$budget" \
     python3 train.py --config "configs/cifar.py:$variant" --workdir "$work/$name" \
       --config.data.source=folder --config.data.folder="$data_dir" \
@@ -138,19 +143,24 @@ train() {
   pids+=($!)
 }
 
+# Seconds left of the bench's one budget (at least 1).
+bench_end=$((SECONDS + budget))
+bench_left() { local left=$((bench_end - SECONDS)); echo $((left > 1 ? left : 1)); }
+
 pids=()
 if [ "${runs[0]}" = bench ]; then
-  # Eval time of the folded (wn_jax.fold) vs the unfolded network.
-  XLA_PYTHON_CLIENT_MEM_FRACTION=0.5 timeout "$budget" \
+  # The steps share BUDGET_S. Eval time of the folded (wn_jax.fold) vs the
+  # unfolded network.
+  XLA_PYTHON_CLIENT_MEM_FRACTION=0.5 timeout "$(bench_left)" \
     python3 benchmarks/fold_eval_time.py --width 96 --batch 500 --reps 50 \
       > "$logs/fold_eval_time.log" 2>&1 || true
   for dtype in float32 bfloat16; do
-    XLA_PYTHON_CLIENT_MEM_FRACTION=0.8 timeout "$budget" \
+    XLA_PYTHON_CLIENT_MEM_FRACTION=0.8 timeout "$(bench_left)" \
       python3 benchmarks/sweep_scaling.py --members 1,2,4,8,16 --dtype "$dtype" \
         --member-loop vmap --reps 20 > "$logs/sweep_scaling_$dtype.log" 2>&1 || true
   done
   # One member against PyTorch eager and torch.compile (max-autotune, TF32).
-  XLA_PYTHON_CLIENT_MEM_FRACTION=0.5 timeout "$budget" \
+  XLA_PYTHON_CLIENT_MEM_FRACTION=0.5 timeout "$(bench_left)" \
     python3 benchmarks/step_time.py --parameterizations normal,wn --reps 50 \
       --torch-compile max-autotune > "$logs/step_time_torch.log" 2>&1 || true
 else
