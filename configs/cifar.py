@@ -58,6 +58,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.data.train_split = "train"
   config.data.test_split = "test"
   config.data.zca_regularization = 1e-5
+  # Train on the first train_subset/num_classes images of each class (file
+  # order; 0 = all). ZCA is still fitted on the whole training set.
+  config.data.train_subset = 0
   # Where the loaded images and the whitened arrays are cached, so that the
   # next start with the same data and regularisation skips loading and ZCA:
   # '' = $WN_JAX_CACHE_DIR if set, else ~/.cache/wn_jax; 'none' = no cache.

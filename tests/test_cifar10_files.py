@@ -92,12 +92,13 @@ def test_reads_exact_pixels_labels_and_class_names(tmp_path, source):
   assert train[0, 1, 2, 1] == batches["data_batch_1"][0][0, 1, 1, 2]
 
 
+@pytest.mark.parametrize("compression", ["gz", "xz"])
 @pytest.mark.parametrize("source", sorted(WRITERS))
-def test_reads_the_tar_gz_archive_directly(tmp_path, source):
+def test_reads_the_tar_archive_directly(tmp_path, source, compression):
   batches = _batches(seed=1)
   folder = WRITERS[source](tmp_path / CIFAR10_DIRS[source], batches)
-  archive = tmp_path / "cifar.tar.gz"
-  with tarfile.open(archive, "w:gz") as tar:
+  archive = tmp_path / f"cifar.tar.{compression}"
+  with tarfile.open(archive, f"w:{compression}") as tar:
     tar.add(folder, arcname=CIFAR10_DIRS[source])
   from_dir = input_pipeline.load_cifar10(folder, "train", source=source)
   from_archive = input_pipeline.load_cifar10(str(archive), "train", source=source)

@@ -369,3 +369,63 @@ def test_num_batches_and_batch_indices_drop_incomplete_batch():
   indices = input_pipeline.batch_indices(seed=0, epoch=2, num_examples=105, batch_size=10)
   assert indices.shape == (10, 10)
   np.testing.assert_array_equal(indices.ravel(), input_pipeline.epoch_permutation(0, 2, 105)[:100])
+
+
+# ---------------------------------------------------------------------------
+# Lossy sources and the class-balanced subset.
+
+
+def _whitened_folder_config(folder):
+  return _folder_config(folder, zca_regularization=1e-2, cache_dir="none")
+
+
+def _warnings_of(monkeypatch):
+  logged = []
+  monkeypatch.setattr(input_pipeline.logging, "warning",
+                      lambda message, *args: logged.append(message % args if args else message))
+  return logged
+
+
+def test_zca_whitened_jpeg_training_images_log_a_warning(tmp_path, monkeypatch):
+  _make_folder(tmp_path)
+  rng = np.random.default_rng(2)
+  for i in range(IMAGES_PER_CLASS):  # One class of the training split as JPEG.
+    os.remove(tmp_path / "train" / "cat" / f"{i:02d}.png")
+    _write_image(str(tmp_path / "train" / "cat" / f"{i:02d}.JPG"), rng)
+  logged = _warnings_of(monkeypatch)
+
+  data = input_pipeline.load_whitened(_whitened_folder_config(tmp_path))
+
+  assert data.train_x.shape == (12, SIZE, SIZE, 3)
+  assert len(logged) == 1
+  assert "lossy format (4 .jpg files)" in logged[0]
+  assert "ZCA" in logged[0] and "NOT comparable" in logged[0]
+  assert "cifar10_python" in logged[0]
+
+
+def test_lossless_folder_and_original_files_log_no_warning(tmp_path, monkeypatch):
+  _make_folder(tmp_path)  # PNG files.
+  logged = _warnings_of(monkeypatch)
+  input_pipeline.load_whitened(_whitened_folder_config(tmp_path))
+  assert logged == []
+  # A source other than 'folder' holds original pixels, whatever the folder holds.
+  assert input_pipeline.warn_if_lossy_and_whitened(
+    _folder_config(tmp_path, source="cifar10_python", zca_regularization=1e-5)) is None
+
+
+def test_class_balanced_subset_takes_the_first_of_each_class_in_file_order():
+  labels = np.array([2, 0, 1, 0, 2, 1, 1, 0, 2, 2])
+  rows = input_pipeline.class_balanced_subset(labels, 6)
+  np.testing.assert_array_equal(rows, [0, 1, 2, 3, 4, 5])
+  np.testing.assert_array_equal(np.bincount(labels[rows]), [2, 2, 2])
+  rows = input_pipeline.class_balanced_subset(labels, 9)
+  np.testing.assert_array_equal(rows, [0, 1, 2, 3, 4, 5, 6, 7, 8])
+
+
+@pytest.mark.parametrize("size, match", [(0, "positive multiple of the 3"),
+                                         (7, "positive multiple of the 3"),
+                                         (12, "class 0 has only 3")])
+def test_class_balanced_subset_refuses_what_it_cannot_take(size, match):
+  labels = np.array([2, 0, 1, 0, 2, 1, 1, 0, 2, 2])
+  with pytest.raises(ValueError, match=match):
+    input_pipeline.class_balanced_subset(labels, size)

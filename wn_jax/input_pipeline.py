@@ -29,7 +29,7 @@ Every source gives the same format, `images: uint8 [N, H, W, 3]`,
   files from https://www.cs.toronto.edu/~kriz/cifar.html, the authors'
   exact input (`load_cifar10`): `folder` is the extracted
   `cifar-10-batches-py` / `cifar-10-batches-bin` directory or the
-  downloaded `.tar.gz` itself. Splits: 'train' (data_batch_1..5) and
+  downloaded `.tar.gz` (or a `.tar.xz`) itself. Splits: 'train' (data_batch_1..5) and
   'test' (test_batch).
 """
 
@@ -301,17 +301,19 @@ CIFAR10_SPLIT_FILES = {
 _CIFAR10_HINT = (
   "Download cifar-10-python.tar.gz or cifar-10-binary.tar.gz from "
   "https://www.cs.toronto.edu/~kriz/cifar.html and pass "
-  "--config.data.folder=<the .tar.gz, or the cifar-10-batches-py / "
+  "--config.data.folder=<the .tar.gz or .tar.xz, or the cifar-10-batches-py / "
   "cifar-10-batches-bin directory it extracts to>."
 )
 
 
 class _Cifar10Files:
-  """Reads the member files of a CIFAR-10 directory or .tar.gz archive."""
+  """Reads the member files of a CIFAR-10 directory or .tar.gz / .tar.xz archive."""
 
   def __init__(self, path: str, source: str):
     self.path = path
     self.names = CIFAR10_SPLIT_FILES[source]
+    self._all_names = [*self.names["train"], *self.names["test"], self.names["meta"]]
+    self._archive_bytes: dict[str, bytes] | None = None
     if not path:
       raise ValueError(f"source={source!r} needs config.data.folder. {_CIFAR10_HINT}")
     if os.path.isdir(path):
@@ -346,8 +348,17 @@ class _Cifar10Files:
         f"CIFAR-10 file {name!r} is missing from the archive {self.path!r} "
         f"(it holds {sorted(self._archive_members)}). {_CIFAR10_HINT}"
       )
-    with tarfile.open(self.path) as archive:
-      return archive.extractfile(self._archive_members[name]).read()
+    if self._archive_bytes is None:
+      # One pass over the archive for every file of the source: an .xz (or
+      # .gz) stream can only be decompressed from its start, so opening it
+      # once per member would decompress it once per member.
+      wanted = {self._archive_members[n]: n for n in self._all_names if n in self._archive_members}
+      self._archive_bytes = {}
+      with tarfile.open(self.path) as archive:
+        for member in archive:
+          if member.name in wanted:
+            self._archive_bytes[wanted[member.name]] = archive.extractfile(member).read()
+    return self._archive_bytes[name]
 
 
 def _chw_rows_to_hwc(rows: np.ndarray) -> np.ndarray:
@@ -418,7 +429,8 @@ def load_cifar10(
 
   Args:
     path: the `cifar-10-batches-py` / `cifar-10-batches-bin` directory, or
-      the `.tar.gz` archive that contains it.
+      the `.tar.gz` or `.tar.xz` archive that contains it (any compression
+      that `tarfile` reads).
     split: 'train' (data_batch_1..5, 50,000 images) or 'test' (test_batch).
     source: 'cifar10_python' or 'cifar10_binary'.
 
@@ -453,6 +465,60 @@ def load_cifar10(
       f"outside the {len(class_names)} classes {class_names}."
     )
   return images, labels, class_names
+
+
+# Image formats that lose information in encoding. ZCA divides every
+# eigen-direction by its standard deviation, so the low-variance directions
+# where such an encoder leaves its residue come out at unit variance.
+LOSSY_EXTENSIONS = (".jpg", ".jpeg", ".jpe", ".jfif", ".webp")
+
+
+def lossy_files_in(root: str, split: str) -> dict[str, int]:
+  """Counts the files of `<root>/<split>/<class>/` whose extension is lossy.
+
+  Returns:
+    {extension (lower case): number of files}; empty when none is lossy or
+    the split folder does not exist.
+  """
+  split_dir = os.path.join(root, split)
+  counts: dict[str, int] = {}
+  if not os.path.isdir(split_dir):
+    return counts
+  for class_name in _visible_entries(split_dir):
+    class_dir = os.path.join(split_dir, class_name)
+    if not os.path.isdir(class_dir):
+      continue
+    with os.scandir(class_dir) as entries:
+      for entry in entries:
+        extension = os.path.splitext(entry.name)[1].lower()
+        if extension in LOSSY_EXTENSIONS:
+          counts[extension] = counts.get(extension, 0) + 1
+  return counts
+
+
+def warn_if_lossy_and_whitened(data_config: Any) -> str | None:
+  """Logs (and returns) a warning when ZCA whitens lossily encoded images.
+
+  Only `source='folder'` reads encoded image files; the tfds and CIFAR-10
+  sources hold the original pixels.
+  """
+  if data_config.source != "folder":
+    return None
+  counts = lossy_files_in(data_config.folder, data_config.train_split)
+  if not counts:
+    return None
+  found = ", ".join(f"{count} {extension}" for extension, count in sorted(counts.items()))
+  message = (
+    f"The training images in {os.path.join(data_config.folder, data_config.train_split)!r} "
+    f"are in a lossy format ({found} files) and are ZCA-whitened (regularisation "
+    f"{float(data_config.zca_regularization):g}). ZCA scales every eigen-direction of the "
+    "pixel covariance to unit variance, so it amplifies the compression artefacts that live "
+    "in the low-variance directions: results on this copy are NOT comparable with numbers "
+    "on the original data (on CIFAR-10, use --config.data.source=cifar10_python). "
+    "See docs/REPRODUCTION.md."
+  )
+  logging.warning(message)
+  return message
 
 
 def load_dataset(data_config: Any) -> Dataset:
@@ -914,6 +980,7 @@ def load_whitened(data_config: Any) -> WhitenedData:
     WhitenedData: float32 whitened images [N, H, W, C], int32 labels [N],
     class names, and a DataLoadReport.
   """
+  warn_if_lossy_and_whitened(data_config)
   start = time.perf_counter()
   regularization = float(data_config.zca_regularization)
   cache_dir = resolve_cache_dir(data_config.cache_dir)
@@ -1023,6 +1090,38 @@ def augment(key: jax.Array, images: jax.Array, flip: bool, max_translation: int)
 
     images = jax.vmap(crop)(padded, shifts)
   return images
+
+
+def class_balanced_subset(labels: np.ndarray, size: int) -> np.ndarray:
+  """Indices of the first `size / num_classes` examples of every class.
+
+  Taken in file order, so the same images are chosen from any copy of a
+  data set that keeps each class's order (the original CIFAR-10 files and
+  the JPEG copy do; see docs/REPRODUCTION.md).
+
+  Args:
+    labels: int [num_examples], values in [0, num_classes).
+    size: examples to keep, a multiple of the number of classes.
+
+  Returns:
+    int64 [size], increasing.
+
+  Raises:
+    ValueError: `size` is not a positive multiple of the number of classes,
+      or a class has fewer than `size / num_classes` examples.
+  """
+  classes, counts = np.unique(labels, return_counts=True)
+  if size <= 0 or size % len(classes):
+    raise ValueError(
+      f"A class-balanced subset needs a positive multiple of the {len(classes)} "
+      f"classes, got {size}.")
+  per_class = size // len(classes)
+  if counts.min() < per_class:
+    raise ValueError(
+      f"A subset of {size} needs {per_class} examples of each class, but class "
+      f"{classes[counts.argmin()]} has only {counts.min()}.")
+  chosen = [np.flatnonzero(labels == c)[:per_class] for c in classes]
+  return np.sort(np.concatenate(chosen))
 
 
 def epoch_permutation(seed: int, epoch: int, num_examples: int) -> np.ndarray:

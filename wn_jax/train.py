@@ -137,6 +137,9 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
   if config.data.source == "folder" and not config.data.folder:
     raise ValueError("config.data.source='folder' needs config.data.folder="
                      "<root with train/ and test/ class folders>.")
+  if config.data.train_subset < 0:
+    raise ValueError(f"config.data.train_subset must be >= 0 (0 = the whole training set), "
+                     f"got {config.data.train_subset!r}.")
   if config.data.augment_max_translation < 0:
     raise ValueError("config.data.augment_max_translation must be >= 0.")
   if not 0 <= config.ema_decay < 1:
@@ -613,6 +616,11 @@ def load_data(config: ml_collections.ConfigDict, mesh: Mesh) -> DeviceData:
   logging.info("Loaded %d training and %d test images from %s in %.1f s (data cache: %s, %s).",
                len(data.train_x), len(data.test_x), config.data.source, data.report.load_seconds,
                data.report.cache, data.report.cache_dir)
+  if config.data.train_subset:  # ZCA stays the one fitted on the whole training set.
+    rows = input_pipeline.class_balanced_subset(data.train_y, config.data.train_subset)
+    data = data._replace(train_x=data.train_x[rows], train_y=data.train_y[rows])
+    logging.info("Training on a class-balanced subset of %d images (the first %d of each class).",
+                 len(rows), len(rows) // len(data.class_names))
   if len(data.train_x) < max(config.batch_size, config.init_batch_size):
     raise ValueError(
         f"The training set has {len(data.train_x)} examples, fewer than "
