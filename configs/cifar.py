@@ -117,6 +117,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # Mean ||v|| and g/||v|| per WN layer into metrics.jsonl (0 = never).
   config.log_norms_every_steps = 100
   config.checkpoint_every_epochs = 1
+  # Test-set evaluation after every N-th epoch and after the last (the
+  # paper's code evaluates every epoch).
+  config.eval_every_epochs = 1
   config.keep_checkpoints = 3
   # Multi-host: jax.distributed.initialize(); '' / 0 / -1 = auto-detect
   # (SLURM, TPU pods, ...), else set all three on every host.

@@ -133,6 +133,20 @@ def test_loss_drops_on_memorisable_subset(image_folder, tmp_path):
   assert epochs[-1]["train_error"] <= 0.05, epochs  # at most 3 of the 60 images
 
 
+def test_train_subset_and_eval_every_epochs(image_folder, tmp_path):
+  config = tiny_config(image_folder, "wn")
+  config.data.train_subset = 30  # 10 of each of the 3 classes: 3 steps per epoch.
+  config.num_epochs = 3
+  config.eval_every_epochs = 2  # After epoch 2 and after the last.
+  state = train.train_and_evaluate(config, str(tmp_path))
+  assert int(state.step) == 9
+  epochs = [r for r in _read_metrics(tmp_path) if "train_loss" in r]
+  assert [r["epoch"] for r in epochs] == [1, 2, 3]
+  assert [r["epoch"] for r in epochs if "test_error" in r] == [2, 3]
+  assert [train.is_eval_epoch(e, 5, 12) for e in range(1, 13)] == [
+      e in (5, 10, 12) for e in range(1, 13)]
+
+
 def test_learning_rate_and_b1_follow_the_recipe():
   config = cifar.get_config()
   steps_per_epoch = 500

@@ -107,6 +107,7 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
   positive("model.width", config.model.width)
   positive("eval_batch_size", config.eval_batch_size)
   positive("checkpoint_every_epochs", config.checkpoint_every_epochs)
+  positive("eval_every_epochs", config.eval_every_epochs)
   positive("keep_checkpoints", config.keep_checkpoints)
   positive("log_every_steps", config.log_every_steps)
   if config.log_norms_every_steps < 0:
@@ -891,6 +892,12 @@ def train_epoch(config: ml_collections.ConfigDict, program: Program, state: Trai
   return state, sums, last
 
 
+def is_eval_epoch(epoch: int, eval_every_epochs: int, num_epochs: int) -> bool:
+  """Whether the test set is evaluated after (1-based) `epoch`: every
+  `eval_every_epochs`-th epoch, and always after the last."""
+  return epoch % eval_every_epochs == 0 or epoch == num_epochs
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
   """Trains and evaluates per `config`, checkpointing into `workdir`.
 
@@ -939,19 +946,22 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Trai
     state, sums, last = train_epoch(config, program, state, epoch, records,
                                     stop_if_all_stopped)
     train_time = time.perf_counter() - epoch_start
-    tests = evaluate(program, state)
+    evaluated = is_eval_epoch(epoch + 1, config.eval_every_epochs, config.num_epochs)
+    tests = evaluate(program, state) if evaluated else None
     step = (epoch + 1) * program.steps_per_epoch
     for k, record in records.active():
       summary = {"train_loss": sums["loss"][k] / sums["count"][k],
                  "train_error": sums["error"][k] / sums["count"][k],
                  "learning_rate": float(last["learning_rate"][k]),
-                 "epoch": epoch + 1, **tests[k], "epoch_time_s": train_time,
+                 "epoch": epoch + 1, **(tests[k] if evaluated else {}),
+                 "epoch_time_s": train_time,
                  "images_per_s": program.steps_per_epoch * config.batch_size / train_time}
       record.write(step, summary, scalars=True)
-      logging.info("%sepoch %d: train loss %.4f error %.4f | test loss %.4f error %.4f "
-                   "| %.0f s", f"{records.names[k]}: " if len(members.configs) > 1 else "",
-                   epoch + 1, summary["train_loss"], summary["train_error"],
-                   summary["test_loss"], summary["test_error"], train_time)
+      test = (f"test loss {summary['test_loss']:.4f} error {summary['test_error']:.4f}"
+              if evaluated else "not evaluated")
+      logging.info("%sepoch %d: train loss %.4f error %.4f | %s | %.0f s",
+                   f"{records.names[k]}: " if len(members.configs) > 1 else "",
+                   epoch + 1, summary["train_loss"], summary["train_error"], test, train_time)
     if (epoch + 1) % config.checkpoint_every_epochs == 0 or epoch + 1 == config.num_epochs:
       checkpoints.save(step, args=ocp.args.StandardSave(state))
       checkpoints.wait_until_finished()
