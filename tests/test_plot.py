@@ -92,3 +92,36 @@ def test_a_diverged_run_puts_the_loss_panel_on_a_log_axis(tmp_path, monkeypatch)
   assert error_scales == {"linear"}
   assert plot.loss_axis_scale([1.0, float("nan"), 2.0]) == "linear"
   assert plot.loss_axis_scale([0.0, 1e9]) == "linear"
+
+
+def test_runs_on_different_data_are_grouped_and_labelled_by_their_data(tmp_path, capsys):
+  runs = []
+  for i, (source, folder, seed, err) in enumerate([
+      ("cifar10_python", "/d/cifar-10-python.tar.xz", 0, 0.30),
+      ("cifar10_python", "/d/cifar-10-python.tar.xz", 1, 0.32),
+      ("folder", "/d/cifar10-jpeg/", 0, 0.40)]):
+    run = _fake_workdir(tmp_path / f"r{i}", "wn", 1e-3, seed, err)
+    with open(os.path.join(run, "config.json")) as f:
+      config = json.load(f)
+    config["data"].update(source=source, folder=folder, train_subset=2000)
+    with open(os.path.join(run, "config.json"), "w") as f:
+      json.dump(config, f)
+    runs.append(run)
+  groups = plot.group_runs(runs)
+  assert {k: len(v) for k, v in groups.items()} == {
+    "wn [original, 2000 training images]": 2, "wn [cifar10-jpeg, 2000 training images]": 1}
+  assert plot.group_runs(runs[:2]).keys() == {"wn"}  # Same data: not named.
+  plot.main(["--kind", "curves_mean", *runs, "-o", str(tmp_path / "mean.png")])
+  printed = capsys.readouterr().out
+  assert "| wn [cifar10-jpeg, 2000 training images] | 1 |" in printed
+  # Test losses 1.0, 1.0 in every fake run: lowest at epoch 1, no rise.
+  assert ("| wn [original, 2000 training images] | 2 | 1.000 (1.000..1.000) | 1, 1 | "
+          "1.000 (1.000..1.000) | 0.000 (0.000..0.000) |") in printed
+
+
+def test_test_loss_table_finds_the_lowest_loss_and_its_rise():
+  runs = [[{"epoch": e, "test_loss": loss} for e, loss in zip((5, 10, 15), losses)]
+          for losses in ((2.0, 1.0, 1.5), (2.0, 1.2, 1.8))]
+  table = plot.test_loss_table({"wn": runs}, {"wn": 3})
+  assert "| wn | 2 | 1.100 (1.000..1.200) | 10, 10 | 1.650 (1.500..1.800) | 0.550 (0.500..0.600) |" \
+    in table

@@ -1,13 +1,13 @@
 """Plots from saved workdirs (metrics.jsonl + config.json).
 
   python -m wn_jax.plot WORKDIR [WORKDIR ...] -o curves.png
-      training loss, training error (paper Figure 2) and test error vs
-      epoch, one line per run,
-      labelled by parameterization (and seed when runs differ in it);
+      training loss, training error (paper Figure 2), test error and test
+      loss vs epoch, one line per run, labelled by parameterization (and
+      seed, or data, when runs differ in it);
   python -m wn_jax.plot --kind curves_mean WORKDIR [...] -o mean.png
-      the same, one line per parameterization: the mean over its runs
-      (seeds), a band from the lowest to the highest; prints a table of
-      the training and test errors behind it;
+      the same, one line per parameterization (and data): the mean over
+      its runs (seeds), a band from the lowest to the highest; prints a
+      table of the training and test errors behind it;
   python -m wn_jax.plot --kind norms WORKDIR [...] -o norms.png
       mean ||v|| and mean g/||v|| of every WN layer vs step (section 2.1);
   python -m wn_jax.plot --kind lr_sweep WORKDIR [...] -o lr.png
@@ -159,16 +159,42 @@ def lr_sweep_markdown(table: dict[str, dict[float, list[float]]]) -> str:
   return "\n".join(lines)
 
 
-def run_label(config: dict, with_seed: bool) -> str:
+# Sources that hold a data set's original pixels.
+ORIGINAL_SOURCES = {"cifar10_python": "original", "cifar10_binary": "original"}
+
+
+def data_label(config: dict) -> str:
+  """What a run trained on: 'original', the tfds name or the folder's name,
+  plus the size of a class-balanced training subset."""
+  data = config.get("data", {})
+  source = data.get("source", "")
+  if source in ORIGINAL_SOURCES:
+    label = ORIGINAL_SOURCES[source]
+  elif source == "tfds":
+    label = f"tfds {data.get('name', '')}"
+  else:
+    label = os.path.basename(os.path.normpath(data.get("folder", ""))) or source
+  if data.get("train_subset"):
+    label += f", {data['train_subset']} training images"
+  return label
+
+
+def run_label(config: dict, with_seed: bool, with_data: bool = False) -> str:
   model = config["model"]
   label = model["parameterization"]
   if not model.get("data_init", True):
     label += " (no data init)"
   if model.get("init_order", "sequential") != "sequential":
     label += f" ({model['init_order']} init)"
+  if with_data:
+    label += f" [{data_label(config)}]"
   if with_seed:
     label += f" seed {config['seed']}"
   return label
+
+
+def _differ_in_data(configs: Sequence[dict]) -> bool:
+  return len({data_label(c) for c in configs}) > 1
 
 
 # (metrics key, panel title, y label, scale): Figure 2's training error, plus
@@ -177,6 +203,7 @@ CURVE_PANELS = (
     ("train_loss", "training loss (noise, dropout on)", "cross-entropy", 1.0),
     ("train_error", "training error (noise, dropout on)", "error (%)", 100.0),
     ("test_error", "test error", "error (%)", 100.0),
+    ("test_loss", "test loss", "cross-entropy", 1.0),
 )
 
 
@@ -215,27 +242,30 @@ def plot_runs(workdirs: Sequence[str], output: str, title: str | None = None) ->
   """Training loss, training error and test error vs epoch, a line per run."""
   runs = [read_run(w) for w in workdirs]
   with_seed = len({c["seed"] for c, _ in runs}) > 1
+  with_data = _differ_in_data([c for c, _ in runs])
   colors = [f"C{i % 10}" for i in range(len(runs))]
 
   def draw(ax, key, scale):
     for (config, epochs), color in zip(runs, colors):
       ax.plot([r["epoch"] for r in epochs], [scale * r[key] for r in epochs],
-              label=run_label(config, with_seed), color=color)
+              label=run_label(config, with_seed, with_data), color=color)
 
   _curve_figure(output, title, draw)
 
 
 def group_runs(workdirs: Sequence[str]) -> dict[str, list[list[dict]]]:
-  """{label without seed: [per-epoch records of each run]}, in first-seen order."""
+  """{label without seed: [per-epoch records of each run]}, in first-seen
+  order; the label names the data when the runs differ in it."""
+  runs = [read_run(workdir) for workdir in workdirs]
+  with_data = _differ_in_data([config for config, _ in runs])
   groups: dict[str, list[list[dict]]] = {}
-  for workdir in workdirs:
-    config, epochs = read_run(workdir)
-    groups.setdefault(run_label(config, with_seed=False), []).append(epochs)
+  for config, epochs in runs:
+    groups.setdefault(run_label(config, with_seed=False, with_data=with_data), []).append(epochs)
   return groups
 
 
 def plot_runs_mean(workdirs: Sequence[str], output: str, title: str | None = None) -> None:
-  """The panels of plot_runs with one line per parameterization: the mean
+  """The panels of plot_runs with one line per group (group_runs): the mean
   over its runs, band = min..max. Epochs beyond a group's shortest run are
   cut. Prints the numbers as a markdown table (mean_table)."""
   groups = group_runs(workdirs)
@@ -253,6 +283,7 @@ def plot_runs_mean(workdirs: Sequence[str], output: str, title: str | None = Non
 
   _curve_figure(output, title, draw, panel_suffix=": mean, band min..max")
   print(mean_table(groups, num_epochs))
+  print(test_loss_table(groups, num_epochs))
 
 
 def mean_table(groups: dict[str, list[list[dict]]], num_epochs: dict[str, int]) -> str:
@@ -275,6 +306,30 @@ def mean_table(groups: dict[str, list[list[dict]]], num_epochs: dict[str, int]) 
     lines.append(f"| {label} | {len(runs)} | {cell(runs, 0, 'train_error')} | "
                  f"{cell(runs, n, 'train_error')} | {cell(runs, n, 'test_error')} | "
                  f"{each} (epoch {last[label]:g}) |")
+  return "\n".join(lines)
+
+
+def test_loss_table(groups: dict[str, list[list[dict]]], num_epochs: dict[str, int]) -> str:
+  """Markdown table of overfitting: per group, each run's lowest test loss
+  and its epoch, and the test loss after the last epoch, as mean (min..max)
+  over runs, and the rise from the lowest to the last."""
+
+  def cell(values, digits=3):
+    values = np.asarray(values)
+    if len(values) == 1:
+      return f"{values[0]:.{digits}f}"
+    return f"{values.mean():.{digits}f} ({values.min():.{digits}f}..{values.max():.{digits}f})"
+
+  lines = ["| run | runs | lowest test loss | at epoch | test loss, last epoch | rise |",
+           "| --- | --- | --- | --- | --- | --- |"]
+  for label, runs in groups.items():
+    losses = [[r["test_loss"] for r in epochs[:num_epochs[label]]] for epochs in runs]
+    lowest = [int(np.argmin(run)) for run in losses]
+    best = [run[i] for run, i in zip(losses, lowest)]
+    epochs_at = ", ".join(f"{runs[k][i]['epoch']:g}" for k, i in enumerate(lowest))
+    last = [run[-1] for run in losses]
+    lines.append(f"| {label} | {len(runs)} | {cell(best)} | {epochs_at} | {cell(last)} | "
+                 f"{cell(np.subtract(last, best))} |")
   return "\n".join(lines)
 
 
