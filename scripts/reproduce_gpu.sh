@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Full-scale runs of the paper's CIFAR-10 table (200 epochs) on one GPU,
-# named, so that a time-boxed GPU session runs exactly what finishes in it.
+# Full-scale runs of the paper's CIFAR-10 table (200 epochs) on one GPU, on
+# the original CIFAR-10 (the authors' input), named, so that a time-boxed
+# GPU session runs exactly what finishes in it.
 #
+#   bash scripts/reproduce_gpu.sh stage PART     # once per part, see below
 #   bash scripts/reproduce_gpu.sh OUT_DIR RUN [RUN ...]
 #
 # RUN names a run as the records do:
@@ -9,12 +11,23 @@
 #     parameterization  normal | bn | mobn | wn | wn_mobn
 #     change            precision_highest   full float32 convs and matmuls
 #                       zca<reg>            ZCA regularisation, e.g. zca1e-2
-#                       jpeg_q<Q>           the data re-encoded as JPEG at
+#                       jpegcopy            the lossy JPEG copy of CIFAR-10
+#                                           (quality 75, 4:2:0) instead of
+#                                           the original
+#                       jpeg_q<Q>           the original re-encoded as JPEG at
 #                                           quality Q (4:2:0), e.g. jpeg_q90
-#   e.g. wn_mobn_lr0.001_s0, wn_lr0.001_s0_jpeg_q90, normal_lr0.003_s1;
+#   e.g. wn_lr0.001_s0, wn_mobn_lr0.001_s0, wn_lr0.001_s0_jpegcopy;
 # or `bench`: folded vs unfolded eval time, sweep throughput against
 # members (fp32, bf16) at full width, and one member against PyTorch (eager
 # and torch.compile max-autotune).
+#
+# The original data (cifar-10-python.tar.xz, 130 MB) comes in parts of at
+# most 32 MiB (cifar-10-python.tar.xz.part0 ... part3) where a machine takes
+# its input only in pieces. `stage PART` copies one part into STAGE_DIR
+# (default /tmp/wn_jax_stage, outside the work tree); a later training call
+# joins the staged parts in the order of their numbers, checks the joined
+# archive's sha256 against CIFAR10_SHA256, extracts it, fills the data cache
+# and trains. docs/REPRODUCTION.md gives the exact sequence of calls.
 #
 # Time: one run alone took 9.0 min on an H200 (2.0 s per epoch, 45 s
 # start-up), so ONE run fits a 10-minute slot. The runs named together
@@ -24,8 +37,8 @@
 # training process runs under `timeout $BUDGET_S` (default 500 s); a run
 # stopped early keeps its records up to its last epoch (its metrics.jsonl
 # says how far it got, and the status line says it was stopped).
-# A jpeg_q<Q> run first re-encodes the images and fills the data cache for
-# them, before its budget starts. `bench` shares one BUDGET_S over its steps.
+# Preparing the data (join, check, extract, re-encode, whiten) happens
+# before a run's budget starts. `bench` shares one BUDGET_S over its steps.
 # The whole protocol without a time limit: `python -m wn_jax.experiments`.
 #
 # Records (config.json + metrics.jsonl of every run, no checkpoints) are
@@ -34,22 +47,49 @@
 # name, or the first name plus the number of others.
 #
 # Inputs (environment):
-#   DATA_DIR      the extracted image folder (train/ and test/ class folders);
-#                 default: DATA_TARBALL extracted under /tmp/wn_jax_data
-#   DATA_TARBALL  default .data/cifar10-jpeg.tar.gz
-#   BUDGET_S      seconds each process may run (default 500)
-#   EXTRA_ARGS    more --config.key=value overrides for every run (the CPU
-#                 smoke test shrinks the network and the schedule with it)
+#   CIFAR10_DIR    the original data: a cifar-10-batches-py directory or the
+#                  joined .tar.xz / .tar.gz. Default: the parts in STAGE_DIR,
+#                  else .data/cifar-10-python.tar.xz.part*, else
+#                  .data/cifar-10-python.tar.xz, joined, checked and
+#                  extracted under DATA_ROOT
+#   STAGE_DIR      where `stage` puts the parts (default /tmp/wn_jax_stage)
+#   CIFAR10_SHA256 sha256 of the joined archive (default: the original's)
+#   DATA_ROOT      where data is extracted (default /tmp/wn_jax_data)
+#   JPEG_DIR       the extracted JPEG copy (train/ and test/ class folders),
+#                  for `jpegcopy` runs; default: JPEG_TARBALL extracted
+#                  under DATA_ROOT
+#   JPEG_TARBALL   default .data/cifar10-jpeg.tar.gz
+#   BUDGET_S       seconds each process may run (default 500)
+#   EXTRA_ARGS     more --config.key=value overrides for every run (the CPU
+#                  smoke test shrinks the network and the schedule with it)
 # A folder .whl/ of wheels (e.g. ml_collections, absent from GPU images) is
 # installed first if present.
 set -euo pipefail
 
-usage="usage: reproduce_gpu.sh OUT_DIR RUN [RUN ...] (RUN: <parameterization>_lr<lr>_s<seed>[_<change>] or bench)"
+usage="usage: reproduce_gpu.sh OUT_DIR RUN [RUN ...] (RUN: <parameterization>_lr<lr>_s<seed>[_<change>] or bench) | reproduce_gpu.sh stage PART"
+stage_dir=${STAGE_DIR:-/tmp/wn_jax_stage}
+data_root=${DATA_ROOT:-/tmp/wn_jax_data}
+# sha256 of the original cifar-10-python.tar.xz, joined from its parts.
+expected_sha256=${CIFAR10_SHA256:-7b0894aed0027c64d21d767934068cef9665fa659e70098226d908147f8dfc89}
+
+if [ "${1:-}" = stage ]; then
+  part=${2:?usage: reproduce_gpu.sh stage PART (e.g. .data/cifar-10-python.tar.xz.part0)}
+  [[ $(basename "$part") =~ \.part[0-9]+$ ]] || \
+    { echo "stage: '$part' is not named <archive>.part<N>" >&2; exit 2; }
+  [ -f "$part" ] || { echo "stage: no file '$part'" >&2; exit 2; }
+  mkdir -p "$stage_dir"
+  cp "$part" "$stage_dir/.$(basename "$part").tmp"
+  mv "$stage_dir/.$(basename "$part").tmp" "$stage_dir/$(basename "$part")"
+  echo "staged $(basename "$part") in $stage_dir; now there:"
+  (cd "$stage_dir" && ls -l -- *.part* | awk '{print "  " $NF ": " $5 " bytes"}')
+  exit 0
+fi
+
 out=${1:?$usage}
 shift
 [ $# -ge 1 ] || { echo "$usage" >&2; exit 2; }
 runs=("$@")
-run_pattern='^(normal|bn|mobn|wn|wn_mobn)_lr([0-9]+(\.[0-9]+)?(e-?[0-9]+)?)_s([0-9]+)(_(precision_highest|zca[0-9]+(\.[0-9]+)?(e-?[0-9]+)?|jpeg_q[0-9]+))?$'
+run_pattern='^(normal|bn|mobn|wn|wn_mobn)_lr([0-9]+(\.[0-9]+)?(e-?[0-9]+)?)_s([0-9]+)(_(precision_highest|zca[0-9]+(\.[0-9]+)?(e-?[0-9]+)?|jpegcopy|jpeg_q[0-9]+))?$'
 # Check every name before anything starts.
 for run in "${runs[@]}"; do
   if [ "$run" = bench ]; then
@@ -79,12 +119,46 @@ else
   export PYTHONPATH=$repo
 fi
 
-if [ -z "${DATA_DIR:-}" ]; then
-  mkdir -p /tmp/wn_jax_data
-  [ -d /tmp/wn_jax_data/cifar10-jpeg ] || \
-    tar xzf "${DATA_TARBALL:-.data/cifar10-jpeg.tar.gz}" -C /tmp/wn_jax_data
-  DATA_DIR=/tmp/wn_jax_data/cifar10-jpeg
-fi
+# The original CIFAR-10 as a cifar-10-batches-py directory: CIFAR10_DIR, or
+# the parts (staged, else in .data/) or the archive, joined, checked against
+# the sha256 and extracted once under DATA_ROOT.
+original_dir() {
+  if [ -n "${CIFAR10_DIR:-}" ]; then echo "$CIFAR10_DIR"; return; fi
+  local extracted=$data_root/cifar-10-batches-py
+  if [ ! -f "$extracted/.complete" ]; then
+    local parts=() archive=$data_root/cifar-10-python.tar.xz
+    mapfile -t parts < <(ls "$stage_dir"/*.part[0-9]* 2>/dev/null | sort -V)
+    [ ${#parts[@]} -gt 0 ] || mapfile -t parts < <(ls .data/cifar-10-python.tar.xz.part[0-9]* 2>/dev/null | sort -V)
+    [ ${#parts[@]} -gt 0 ] || { [ -f .data/cifar-10-python.tar.xz ] && parts=(.data/cifar-10-python.tar.xz); }
+    if [ ${#parts[@]} -eq 0 ]; then
+      echo "no original CIFAR-10: set CIFAR10_DIR, stage its parts (reproduce_gpu.sh stage PART)," \
+        "or put them in .data/" >&2
+      return 3
+    fi
+    mkdir -p "$data_root"
+    cat "${parts[@]}" > "$archive"
+    local sha
+    sha=$(sha256sum "$archive" | cut -d' ' -f1)
+    if [ "$sha" != "$expected_sha256" ]; then
+      echo "the joined archive from ${parts[*]} has sha256 $sha, not $expected_sha256" \
+        "(a part missing, damaged or out of order); nothing trained" >&2
+      return 3
+    fi
+    echo "joined ${#parts[@]} part(s), sha256 $sha: ok" >&2
+    rm -rf "$extracted"
+    tar xJf "$archive" -C "$data_root"
+    [ -f "$extracted/data_batch_1" ] || { echo "$archive holds no cifar-10-batches-py/" >&2; return 3; }
+    touch "$extracted/.complete"
+  fi
+  echo "$extracted"
+}
+jpeg_copy_dir() {
+  if [ -n "${JPEG_DIR:-}" ]; then echo "$JPEG_DIR"; return; fi
+  mkdir -p "$data_root"
+  [ -d "$data_root/cifar10-jpeg" ] || \
+    tar xzf "${JPEG_TARBALL:-.data/cifar10-jpeg.tar.gz}" -C "$data_root"
+  echo "$data_root/cifar10-jpeg"
+}
 
 pack() {  # Records and logs into $out, atomically (a kill mid-write keeps the old pack).
   (cd "$work" && find . -name config.json -o -name metrics.jsonl -o -name train.log \
@@ -105,39 +179,46 @@ python3 -c "import jax, flax, optax; print('jax', jax.__version__, 'flax', flax.
 # Load, decode and whiten a data folder once (the first run that needs it);
 # the runs then read the data cache.
 declare -A warmed=()
-warm_cache() {
-  [ -z "${warmed[$1]:-}" ] || return 0
-  warmed[$1]=1
+warm_cache() {  # SOURCE FOLDER
+  [ -z "${warmed[$1:$2]:-}" ] || return 0
+  warmed[$1:$2]=1
   python3 -c "import sys
 from configs import cifar
 from wn_jax import input_pipeline
 data = cifar.get_config().data
-data.source, data.folder = 'folder', sys.argv[1]
-print(input_pipeline.load_whitened(data).report)" "$1" >> "$logs/data_cache.log" 2>&1
+data.source, data.folder = sys.argv[1], sys.argv[2]
+print(input_pipeline.load_whitened(data).report)" "$1" "$2" >> "$logs/data_cache.log" 2>&1
 }
 
 # train NAME: one process, in the background, with the overrides its name
 # spells out. Processes sharing the GPU get equal slices of its memory.
 train() {
-  local name=$1 data_dir=$DATA_DIR
+  local name=$1 source=cifar10_python data_dir
   [[ $name =~ $run_pattern ]]
   local variant=${BASH_REMATCH[1]} lr=${BASH_REMATCH[2]} seed=${BASH_REMATCH[5]}
   local change=${BASH_REMATCH[7]}
   local args=(--config.optimizer.learning_rate="$lr" --config.seed="$seed")
   case $change in
-    "") ;;
-    precision_highest) args+=(--config.matmul_precision=highest) ;;
-    zca*) args+=(--config.data.zca_regularization="${change#zca}") ;;
+    jpegcopy) source=folder; data_dir=$(jpeg_copy_dir) ;;
     jpeg_q*)
       local q=${change#jpeg_q}
-      data_dir=/tmp/wn_jax_data/jpeg_q$q
-      [ -d "$data_dir" ] || python3 -m wn_jax.reencode "$DATA_DIR" "$data_dir" \
-        --quality "$q" --subsampling 4:2:0 > "$logs/reencode_q$q.log" 2>&1 ;;
+      source=folder
+      data_dir=$data_root/original_jpeg_q$q
+      local original
+      original=$(original_dir)
+      [ -d "$data_dir" ] || python3 -m wn_jax.reencode "$original" "$data_dir" \
+        --source cifar10_python --quality "$q" --subsampling 4:2:0 \
+        > "$logs/reencode_q$q.log" 2>&1 ;;
+    *) data_dir=$(original_dir) ;;
   esac
-  warm_cache "$data_dir"
+  case $change in
+    precision_highest) args+=(--config.matmul_precision=highest) ;;
+    zca*) args+=(--config.data.zca_regularization="${change#zca}") ;;
+  esac
+  warm_cache "$source" "$data_dir"
   XLA_PYTHON_CLIENT_MEM_FRACTION=$mem_fraction timeout "$budget" \
     python3 train.py --config "configs/cifar.py:$variant" --workdir "$work/$name" \
-      --config.data.source=folder --config.data.folder="$data_dir" \
+      --config.data.source="$source" --config.data.folder="$data_dir" \
       --config.checkpoint_every_epochs=10 "${args[@]}" $extra \
       > "$logs/$name.log" 2>&1 &
   pids+=($!)

@@ -1,11 +1,15 @@
-"""scripts/reproduce_gpu.sh: run names become the right overrides."""
+"""scripts/reproduce_gpu.sh: run names become the right overrides, and the
+original CIFAR-10 arrives in staged parts that are joined, checked and used."""
 
+import hashlib
 import json
 import os
+import pickle
 import subprocess
 import sys
 import tarfile
 
+import numpy as np
 import pytest
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -14,43 +18,120 @@ TINY = ("--config.model.width=4 --config.num_epochs=2 --config.optimizer.anneal_
         "--config.batch_size=10 --config.init_batch_size=20 --config.eval_batch_size=12")
 
 
-def _run_script(out, runs, data_folder, work, budget_s=300):
-  env = dict(os.environ, DATA_DIR=str(data_folder), WORK_DIR=str(work),
-             BUDGET_S=str(budget_s), EXTRA_ARGS=TINY,
+def _write_cifar10_python(folder, per_batch=6, seed=0):
+  """A tiny cifar-10-batches-py: 5 train batches + test_batch of `per_batch`
+  random 32x32 images each, in the official pickle layout."""
+  rng = np.random.default_rng(seed)
+  os.makedirs(folder)
+  for stem in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+    batch = {b"batch_label": stem.encode(),
+             b"labels": [int(label) for label in rng.integers(0, 10, per_batch)],
+             b"data": rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8),
+             b"filenames": [b"x.png"] * per_batch}
+    with open(os.path.join(folder, stem), "wb") as f:
+      pickle.dump(batch, f, protocol=2)
+  with open(os.path.join(folder, "batches.meta"), "wb") as f:
+    pickle.dump({b"label_names": [f"class{i}".encode() for i in range(10)]}, f, protocol=2)
+  return str(folder)
+
+
+@pytest.fixture(scope="module")
+def cifar10_parts(tmp_path_factory):
+  """(parts, sha256): a tiny cifar-10-python.tar.xz cut into 3 parts."""
+  root = tmp_path_factory.mktemp("cifar10")
+  _write_cifar10_python(root / "cifar-10-batches-py")
+  archive = root / "cifar-10-python.tar.xz"
+  with tarfile.open(archive, "w:xz") as tar:
+    tar.add(root / "cifar-10-batches-py", arcname="cifar-10-batches-py")
+  content = archive.read_bytes()
+  cut = [0, len(content) // 3, 2 * len(content) // 3, len(content)]
+  parts = []
+  for i in range(3):
+    part = root / "parts" / f"cifar-10-python.tar.xz.part{i}"
+    part.parent.mkdir(exist_ok=True)
+    part.write_bytes(content[cut[i]:cut[i + 1]])
+    parts.append(str(part))
+  return parts, hashlib.sha256(content).hexdigest()
+
+
+def _run_script(args, tmp_path, budget_s=900, **env):
+  env = dict(os.environ, WORK_DIR=str(tmp_path / "work"), STAGE_DIR=str(tmp_path / "stage"),
+             DATA_ROOT=str(tmp_path / "data_root"), BUDGET_S=str(budget_s), EXTRA_ARGS=TINY,
              # The script calls `python3`: make it this interpreter.
-             PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"])
-  return subprocess.run(["bash", SCRIPT, str(out), *runs], env=env, capture_output=True,
-                        text=True, timeout=600, cwd=REPO_ROOT)
+             PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"], **env)
+  return subprocess.run(["bash", SCRIPT, *map(str, args)], env=env, capture_output=True,
+                        text=True, timeout=1200, cwd=REPO_ROOT)
+
+
+def _records(out, name):
+  with tarfile.open(out / f"records_{name}.tgz") as records:
+    config = json.load(records.extractfile(f"./{name}/config.json"))
+    metrics = records.extractfile(f"./{name}/metrics.jsonl").read().decode()
+  return config, [json.loads(line) for line in metrics.splitlines()]
 
 
 @pytest.mark.parametrize("runs, message", [
     (["wn_lr0.001"], "unknown run 'wn_lr0.001'"),
     (["wn_lr0.001_s0_zca"], "unknown run"),
+    (["wn_lr0.001_s0_jpeg"], "unknown run"),
     (["layernorm_lr0.001_s0"], "unknown run"),
     (["bench", "wn_lr0.001_s0"], "bench runs alone"),
     ([], "usage"),
 ])
 def test_bad_run_names_are_refused_before_anything_starts(runs, message, tmp_path):
-  result = _run_script(tmp_path / "out", runs, tmp_path / "no_data", tmp_path / "work")
+  result = _run_script([tmp_path / "out", *runs], tmp_path, CIFAR10_DIR=str(tmp_path / "none"))
   assert result.returncode == 2
   assert message in result.stderr
   assert not (tmp_path / "work").exists()
 
 
-def test_a_named_run_trains_with_the_overrides_its_name_spells(image_folder, tmp_path):
-  name = "wn_mobn_lr3e-4_s1_zca1e-2"
-  result = _run_script(tmp_path / "out", [name], image_folder, tmp_path / "work")
+def test_jpegcopy_runs_train_on_the_jpeg_folder(image_folder, tmp_path):
+  name = "wn_lr0.001_s0_jpegcopy"
+  result = _run_script([tmp_path / "out", name], tmp_path, CIFAR10_DIR=str(tmp_path / "none"),
+                       JPEG_DIR=image_folder)
   assert result.returncode == 0, result.stderr[-3000:]
+  config, _ = _records(tmp_path / "out", name)
+  assert config["data"]["source"] == "folder"
+  assert config["data"]["folder"] == image_folder
+
+
+def test_staged_parts_are_joined_checked_and_trained_on_with_the_named_overrides(
+    cifar10_parts, tmp_path):
+  parts, sha256 = cifar10_parts
+  for part in parts:  # One call per part, as on a machine that takes 32 MiB a call.
+    staged = _run_script(["stage", part], tmp_path)
+    assert staged.returncode == 0, staged.stderr
+    assert f"staged {os.path.basename(part)}" in staged.stdout
+  name = "wn_mobn_lr3e-4_s1_zca1e-2"
+  result = _run_script([tmp_path / "out", name], tmp_path, CIFAR10_SHA256=sha256)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert f"joined 3 part(s), sha256 {sha256}: ok" in result.stderr
   assert f"{name}: finished" in result.stdout
-  with tarfile.open(tmp_path / "out" / f"records_{name}.tgz") as records:
-    config = json.load(records.extractfile(f"./{name}/config.json"))
-    metrics = records.extractfile(f"./{name}/metrics.jsonl").read().decode()
+  config, metrics = _records(tmp_path / "out", name)
+  assert config["data"]["source"] == "cifar10_python"  # The original is the default.
+  assert config["data"]["folder"] == str(tmp_path / "data_root" / "cifar-10-batches-py")
   assert config["model"]["parameterization"] == "wn_mobn"
   assert config["optimizer"]["learning_rate"] == 3e-4
   assert config["seed"] == 1
   assert config["data"]["zca_regularization"] == 1e-2
-  assert config["data"]["folder"] == str(image_folder)
   assert config["num_epochs"] == 2 and config["model"]["width"] == 4  # EXTRA_ARGS
-  assert [json.loads(line)["epoch"] for line in metrics.splitlines()
-          if "test_error" in line] == [1, 2]
+  assert [m["epoch"] for m in metrics if "test_error" in m] == [1, 2]
   assert (tmp_path / "out" / f"logs_{name}.tgz").exists()
+
+
+def test_a_missing_part_stops_before_training(cifar10_parts, tmp_path):
+  parts, sha256 = cifar10_parts
+  for part in (parts[0], parts[2]):
+    assert _run_script(["stage", part], tmp_path).returncode == 0
+  result = _run_script([tmp_path / "out", "wn_lr0.001_s0"], tmp_path, CIFAR10_SHA256=sha256)
+  assert result.returncode == 3
+  assert f"not {sha256} (a part missing, damaged or out of order); nothing trained" in result.stderr
+  assert not (tmp_path / "work" / "wn_lr0.001_s0" / "wn_lr0.001_s0").exists()
+
+
+def test_stage_refuses_a_file_that_is_not_a_part(tmp_path):
+  not_a_part = tmp_path / "cifar-10-python.tar.xz"
+  not_a_part.write_bytes(b"x")
+  result = _run_script(["stage", not_a_part], tmp_path)
+  assert result.returncode == 2
+  assert "is not named <archive>.part<N>" in result.stderr
