@@ -211,10 +211,25 @@ def test_whitened_share_matches_the_actually_whitened_data():
     # Linear share: regress on the whole original image instead.
     design = np.concatenate([o, np.ones((len(o), 1))], axis=1).astype(np.float64)
     fit, *_ = np.linalg.lstsq(design, wc, rcond=None)
-    linear = np.var(wc - design @ fit, axis=0) / np.var(wc, axis=0)
+    # Adjusted for the 12 coefficients fitted (the 13th is the mean).
+    linear = np.var(wc - design @ fit, axis=0) / np.var(wc, axis=0) * (3000 - 1) / (3000 - 13)
     np.testing.assert_allclose(share.stats.linear_share, linear[::-1], rtol=1e-3, atol=1e-6)
-    assert 0 < share.total_linear_share <= share.total_share
+    assert 0 < share.total_linear_share <= share.total_share * (3000 - 1) / (3000 - 13)
   del rng
+
+
+def test_linear_share_of_unrelated_noise_is_one_after_the_degrees_of_freedom_correction():
+  # In-sample, a regression on 48 predictors "explains" ~48/400 of pure noise.
+  rng = np.random.default_rng(7)
+  o, c = rng.standard_normal((2, 400, 48))
+  original = input_pipeline.covariance_spectrum(o)
+  args = (original.eigenvectors, original, np.cov(c.T, bias=True),
+          compare.cross_covariance(c, o))
+  raw = compare.direction_statistics(*args).linear_share
+  corrected = compare.direction_statistics(*args, num_examples=400).linear_share
+  assert raw.mean() == pytest.approx(1 - 48 / 399, abs=0.02)
+  assert corrected.mean() > 0.97
+  np.testing.assert_allclose(np.minimum(raw * 399 / 351, 1.0), corrected, rtol=1e-12)
 
 
 def test_rank_table_adds_up():
