@@ -185,7 +185,6 @@ def test_blurring_moves_content_between_directions_which_linear_share_does_not_c
 
 def test_whitened_share_matches_the_actually_whitened_data():
   original, _ = _originals(num_per_class=1000, size=2, seed=3)  # 12 dims, 3000 images
-  rng = np.random.default_rng(4)
   copy = _perturbed(original, amplitude=12, seed=5)
   copy[..., 2] = np.clip(copy[..., 2].astype(int) // 8 * 8, 0, 255)  # quantised blue
   reg = 1e-3
@@ -193,7 +192,7 @@ def test_whitened_share_matches_the_actually_whitened_data():
   o, c = input_pipeline.zca_input(original), input_pipeline.zca_input(copy)
   for name, fit_on in (("original", o), ("copy", c)):
     zca = input_pipeline.fit_zca(fit_on, reg)
-    eigenvalues, eigenvectors = np.linalg.eigh(np.cov(fit_on.T.astype(np.float64), bias=True))
+    _, eigenvectors = np.linalg.eigh(np.cov(fit_on.T.astype(np.float64), bias=True))
     # The whitened copy and original along each eigenvector; the residue of
     # regressing one on the other, direction by direction.
     wc = input_pipeline.apply_zca(zca, c).astype(np.float64) @ eigenvectors
@@ -215,7 +214,6 @@ def test_whitened_share_matches_the_actually_whitened_data():
     linear = np.var(wc - design @ fit, axis=0) / np.var(wc, axis=0) * (3000 - 1) / (3000 - 13)
     np.testing.assert_allclose(share.stats.linear_share, linear[::-1], rtol=1e-3, atol=1e-6)
     assert 0 < share.total_linear_share <= share.total_share * (3000 - 1) / (3000 - 13)
-  del rng
 
 
 def test_linear_share_of_unrelated_noise_is_one_after_the_degrees_of_freedom_correction():

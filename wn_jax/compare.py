@@ -45,11 +45,11 @@ Three steps, each a small function below:
    counts as residue where it lands. `linear_share` is the stricter
    version: the part of `var(u.c)` that no linear function of the whole
    original image predicts, `u^T (C_cc - C_co C_oo^-1 C_oc) u / v`, which
-   is never larger than `share` (before the correction that follows). Fitted in-sample with one coefficient per
-   pixel (dim of them), that regression also fits dim / N of pure noise
-   (6% at N = 50,000, dim = 3,072); given the number of examples, the
-   residual is corrected by degrees of freedom, (N - 1) / (N - dim - 1),
-   as adjusted R^2 is.
+   is never larger than `share` (before the correction that follows).
+   Fitted in-sample with one coefficient per pixel (dim of them), that
+   regression also fits dim / N of pure noise (6% at N = 50,000,
+   dim = 3,072); given the number of examples, the residual is corrected
+   by degrees of freedom, (N - 1) / (N - dim - 1), as adjusted R^2 is.
 
   python -m wn_jax.compare /data/cifar10-jpeg /data/cifar-10-batches-py \
       --original-source cifar10_python --plot docs/jpeg_error_share.png
@@ -576,9 +576,9 @@ def _load(path: str, source: str, split: str) -> tuple[np.ndarray, np.ndarray, l
 def markdown_report(matches: dict[str, MatchReport], distances: dict[str, PixelDistance],
                     shares: dict[str, dict] | None, regularization: float) -> str:
   """The printed tables: matching, pixel distance, error share by rank."""
-  lines = ["| split | images | same as within-class order | mean abs diff, mean / max per image "
-           "| largest RMS diff of a match | smallest RMS diff to another original of the class "
-           "| smallest ratio other / match | sample: nearest of all classes is the match |",
+  lines = [("| split | images | same as within-class order | mean abs diff, mean / max per image "
+            "| largest RMS diff of a match | smallest RMS diff to another original of the class "
+            "| smallest ratio other / match | sample: nearest of all classes is the match |"),
            "| --- " * 8 + "|"]
   for split, m in matches.items():
     lines.append(f"| {split} | {m.num_images} | {m.same_as_class_order} | "
@@ -592,16 +592,17 @@ def markdown_report(matches: dict[str, MatchReport], distances: dict[str, PixelD
     lines.append(f"| {split} | {d.num_images} | {d.mean_abs:.3f} | {d.psnr_db:.2f} | "
                  + " | ".join(f"{d.channel_psnr_db[n]:.2f}" for n in names) + " |")
   if shares:
-    lines += ["", "| ZCA fitted on | reg | whitened variance that is residue | "
-              "... by linear prediction from the whole original |", "| --- " * 4 + "|"]
+    lines += ["", ("| ZCA fitted on | reg | whitened variance that is residue | "
+                   "... not linearly predictable from the original |"), "| --- " * 4 + "|"]
     for name, r in shares.items():
       for reg, s in r["shares"].items():
         lines.append(f"| {name} | {reg:g} | {s.total_share:.1%} | {s.total_linear_share:.1%} |")
     for name, r in shares.items():
-      lines += ["", f"ZCA fitted on the {name}, reg {regularization:g}, its eigen-directions "
-                "by rank:", "",
-                "| ranks | eigenvalues | share of the whitened variance | residue share "
-                "| ... linear | residue, share of the total | sum g^2 e / sum g^2 v |",
+      lines += ["", (f"ZCA fitted on the {name}, reg {regularization:g}, its eigen-directions "
+                     "by rank:"), "",
+                ("| ranks | eigenvalues | share of the whitened variance | residue share "
+                 "| ... not linearly predictable | residue, share of the total "
+                 "| sum g^2 e / sum g^2 v |"),
                 "| --- " * 7 + "|"]
       for row in rank_table(r["shares"][regularization]):
         lines.append(f"| {row['ranks']} | {row['eigenvalue_max']:.3g} .. "
@@ -631,7 +632,7 @@ def plot(shares: dict[str, dict], regularization: float, path: str) -> None:
   ax.axhline(regularization, color="C4", lw=0.8, label=f"reg {regularization:g}")
   ax.axhline(spectrum.ROUNDING_NOISE_VARIANCE, color="gray", lw=0.8, ls="--",
              label="uint8 rounding noise")
-  ax.set(xlabel="rank (original's eigenvalue, largest first)", ylabel="variance",
+  ax.set(xlabel="rank (largest eigenvalue first)", ylabel="variance",
          title="variance per eigen-direction, (x - 127.5) / 128")
   ax.legend(fontsize=7)
   ax = axes[1]
@@ -664,8 +665,8 @@ def _json_ready(matches, distances, shares) -> dict:
          "distances": {k: d._asdict() for k, d in distances.items()}, "shares": {}}
   for name, r in (shares or {}).items():
     out["shares"][name] = {
-      f"{reg:g}": dict(total_share=s.total_share, total_linear_share=s.total_linear_share,
-                       rank_table=rank_table(s))
+      f"{reg:g}": {"total_share": s.total_share, "total_linear_share": s.total_linear_share,
+                   "rank_table": rank_table(s)}
       for reg, s in r["shares"].items()}
     first = next(iter(r["shares"].values()))
     out["shares"][name]["by_rank"] = {
