@@ -143,7 +143,7 @@ def _records(directory):
 
 # Member 1 against the run alone. wn and wn_mobn: within 1e-5 over the whole
 # state (measured max |member - alone|, jax 0.10.2 / 0.12: wn vmap 3.3e-7 /
-# 7.2e-7, wn unroll 1.8e-7 / -, wn_mobn vmap 6.6e-7 / -).
+# 7.2e-7, wn unroll 1.8e-7 / 3.9e-7; wn_mobn vmap 6.6e-7 with jax 0.10.2).
 # bn: under vmap its batch statistics sum in another order and bn amplifies
 # the difference (max |member - alone| 1.1e-5 / 3.5e-6 here, 2e-5 in a kernel
 # on another machine with jax 0.10.2), so no constant fits every machine.
@@ -154,7 +154,9 @@ def _records(directory):
 # ratio is about 2 at most (triangle inequality); measured, worst leaf: 2.25
 # / 0.39 (a batch-statistics mean; 1.1 / 0.12 among the kernels), with the
 # float32 error itself up to 3.8e-5 / 1.2e-4 (Adam's moments), 1.1e-5 /
-# 1.4e-5 in the kernels.
+# 1.4e-5 in the kernels. The bugs it guards against land far above 4
+# (jax 0.10.2): member 1 trained with member 0's learning rate, 5.6e6 (Adam's
+# learning rate); with its own learning rate off by 0.1%, 2.7e4 (a bias).
 FLOAT32_ERROR_FACTOR = 4
 
 
