@@ -143,7 +143,7 @@ def _records(directory):
 
 # Member 1 against the run alone. wn and wn_mobn: within 1e-5 over the whole
 # state (measured max |member - alone|, jax 0.10.2 / 0.12: wn vmap 3.3e-7 /
-# 7.2e-7, wn unroll 1.8e-7 / 3.9e-7; wn_mobn vmap 6.6e-7 with jax 0.10.2).
+# 7.2e-7, wn unroll 1.8e-7 / 3.9e-7, wn_mobn vmap 6.6e-7 / 1.1e-6).
 # bn: under vmap its batch statistics sum in another order and bn amplifies
 # the difference (max |member - alone| 1.1e-5 / 3.5e-6 here, 2e-5 in a kernel
 # on another machine with jax 0.10.2), so no constant fits every machine.
@@ -209,7 +209,7 @@ def test_a_member_equals_the_run_trained_alone(parameterization, member_loop, im
   member_records, alone_records = _records(member_dir), _records(alone_dir)
   assert [sorted(r) for r in member_records] == [sorted(r) for r in alone_records]
   # Losses and errors, means over the epoch: measured within 1e-6 relative
-  # (all four cases, jax 0.10.2).
+  # (all four cases, jax 0.10.2 and 0.12).
   for a, b in zip(member_records, alone_records):
     for key in ("train_loss", "train_error", "test_loss", "test_error"):
       if key in a:
