@@ -110,10 +110,10 @@ warm_cache() {
   warmed[$1]=1
   python3 -c "import sys
 from configs import cifar
-from wn_jax import input_pipeline
+from wn_jax.data import cache
 data = cifar.get_config().data
 data.source, data.folder = 'folder', sys.argv[1]
-print(input_pipeline.load_whitened(data).report)" "$1" >> "$logs/data_cache.log" 2>&1
+print(cache.load_whitened(data).report)" "$1" >> "$logs/data_cache.log" 2>&1
 }
 
 # train NAME: one process, in the background, with the overrides its name

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from conftest import REPO_ROOT, make_image_folder, tiny_config
 
-from wn_jax import sweep, train
+from wn_jax import config_checks, sweep, train
 
 
 def _one_epoch(config):
@@ -164,7 +164,7 @@ def test_bad_sweep_values_fail_clearly(key, value, message, image_folder):
   config = tiny_config(image_folder)
   config.sweep[key] = value
   with pytest.raises(ValueError, match=message):
-    train.validate_config(config, num_devices=1)
+    config_checks.validate_config(config, num_devices=1)
 
 
 def test_sweep_lists_of_different_lengths_or_twins_fail(image_folder):
@@ -173,10 +173,10 @@ def test_sweep_lists_of_different_lengths_or_twins_fail(image_folder):
   config.sweep.learning_rate = (1e-3, 3e-3)
   with pytest.raises(ValueError, match=r"sweep.seed has 3, config.sweep.learning_rate "
                                        r"has 2 values.*same length"):
-    train.validate_config(config, num_devices=1)
+    config_checks.validate_config(config, num_devices=1)
   config.sweep.seed, config.sweep.learning_rate = (0, 0), ()
   with pytest.raises(ValueError, match=r"identical members \['wn_lr0.001_s0'\]"):
-    train.validate_config(config, num_devices=1)
+    config_checks.validate_config(config, num_devices=1)
 
 
 def test_member_names_match_the_launcher():

@@ -13,7 +13,9 @@ import pytest
 from conftest import MODEL_FUNCTIONS, REPO_ROOT, tiny_config
 
 from configs import cifar
-from wn_jax import input_pipeline, layers, train
+from wn_jax import config_checks, steps, train
+from wn_jax.data import sources, zca
+from wn_jax.layers.parameterization import PARAMETERIZATIONS
 
 
 def _read_metrics(workdir):
@@ -76,7 +78,7 @@ def _eval_forward(params, model_state, x):
   return layer("NormalizedDense_0", x.mean(axis=(1, 2)))
 
 
-@pytest.mark.parametrize("parameterization", layers.PARAMETERIZATIONS)
+@pytest.mark.parametrize("parameterization", PARAMETERIZATIONS)
 def test_every_parameterization_trains(parameterization, image_folder, tmp_path,
                                        model_compilations):
   config = tiny_config(image_folder, parameterization)
@@ -108,8 +110,8 @@ def test_every_parameterization_trains(parameterization, image_folder, tmp_path,
       assert np.all(layer_stats["norm"]["var"] != 1.0), name
   # ... and the last evaluation is that of the final state with them: the
   # test error and loss of a forward pass written out independently.
-  dataset = input_pipeline.load_dataset(config.data)
-  _, test_x = input_pipeline.whiten_dataset(dataset, config.data.zca_regularization)
+  dataset = sources.load_dataset(config.data)
+  _, test_x = zca.whiten_dataset(dataset, config.data.zca_regularization)
   logits = _eval_forward(state.params, state.model_state, test_x)
   labels = dataset.test_labels
   log_probs = logits - logits.max(-1, keepdims=True)
@@ -136,7 +138,7 @@ def test_loss_drops_on_memorisable_subset(image_folder, tmp_path):
 def test_learning_rate_and_b1_follow_the_recipe():
   config = cifar.get_config()
   steps_per_epoch = 500
-  learning_rate, b1 = train.learning_rate_and_b1(config, steps_per_epoch)
+  learning_rate, b1 = steps.learning_rate_and_b1(config, steps_per_epoch)
   # Authors' code: lr * min(2 - epoch/100, 1); beta1 0.9 then 0.5 from epoch 100.
   for epoch in (0, 99, 100, 150, 199):
     for step in (epoch * steps_per_epoch, (epoch + 1) * steps_per_epoch - 1):
@@ -144,7 +146,7 @@ def test_learning_rate_and_b1_follow_the_recipe():
                                  rtol=1e-6)
       assert float(b1(step)) == pytest.approx(0.9 if epoch < 100 else 0.5)
   # Through the optimizer itself: the injected hyperparameters at each step.
-  tx = train.create_optimizer(config, steps_per_epoch=2)
+  tx = steps.create_optimizer(config, steps_per_epoch=2)
   params = {"w": jnp.ones(3)}
   opt_state = tx.init(params)
   seen = {}
@@ -164,7 +166,7 @@ def test_learning_rate_and_b1_anneal_from_any_epoch():
   config.num_epochs = 10
   config.optimizer.anneal_start_epoch = 3
   steps_per_epoch = 4
-  learning_rate, b1 = train.learning_rate_and_b1(config, steps_per_epoch)
+  learning_rate, b1 = steps.learning_rate_and_b1(config, steps_per_epoch)
   expected = {0: (1e-3, 0.9), 2: (1e-3, 0.9), 3: (1e-3, 0.5), 4: (6e-3 / 7, 0.5),
               9: (1e-3 / 7, 0.5)}
   for epoch, (lr, beta1) in expected.items():
@@ -172,7 +174,7 @@ def test_learning_rate_and_b1_anneal_from_any_epoch():
       np.testing.assert_allclose(learning_rate(step), lr, rtol=1e-6, err_msg=str(epoch))
       np.testing.assert_allclose(b1(step), beta1, rtol=1e-6, err_msg=str(epoch))
   # The optimizer sees the same values.
-  tx = train.create_optimizer(config, steps_per_epoch)
+  tx = steps.create_optimizer(config, steps_per_epoch)
   params = {"w": jnp.ones(3)}
   opt_state = tx.init(params)
   seen = {}
@@ -186,7 +188,7 @@ def test_learning_rate_and_b1_anneal_from_any_epoch():
 
 def test_adam_has_epsilon_inside_the_square_root():
   config = cifar.get_config()
-  tx = train.create_optimizer(config, steps_per_epoch=10)
+  tx = steps.create_optimizer(config, steps_per_epoch=10)
   grad = jnp.array([1e-5, 1.0])
   params = jnp.zeros(2)
   updates, _ = tx.update(grad, tx.init(params), params)
@@ -244,7 +246,7 @@ def test_refuses_to_resume_with_a_different_config(image_folder, tmp_path, monke
   other = tiny_config(image_folder, "bn")
   other.num_epochs = 1
   other.optimizer.anneal_start_epoch = 1
-  monkeypatch.setattr(train.input_pipeline, "load_dataset", _loader_that_must_not_run)
+  monkeypatch.setattr(sources, "load_dataset", _loader_that_must_not_run)
   with pytest.raises(ValueError, match=re.escape(
       f"Workdir {tmp_path} holds checkpoints of a different config (model.parameterization: "
       "saved 'wn', now 'bn'). Refusing to resume: use a new --workdir, or the saved config.")):
@@ -272,7 +274,7 @@ def test_bad_config_fails_before_loading_data_or_compiling(
   config = tiny_config(image_folder)
   section, _, name = key.rpartition(".")
   setattr(config[section] if section else config, name, value)
-  monkeypatch.setattr(train.input_pipeline, "load_dataset", _loader_that_must_not_run)
+  monkeypatch.setattr(sources, "load_dataset", _loader_that_must_not_run)
   with pytest.raises(ValueError, match=re.escape(message)):
     train.train_and_evaluate(config, str(tmp_path))
   assert not model_compilations
@@ -280,7 +282,7 @@ def test_bad_config_fails_before_loading_data_or_compiling(
 
 def test_batch_not_divisible_by_devices():
   with pytest.raises(ValueError, match="not divisible by the 8 devices"):
-    train.validate_config(cifar.get_config(), num_devices=8)  # 100 % 8
+    config_checks.validate_config(cifar.get_config(), num_devices=8)  # 100 % 8
 
 
 def test_unknown_variant():
