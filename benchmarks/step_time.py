@@ -481,7 +481,7 @@ def render(report: dict[str, Any]) -> str:
   ]
   for r in report["rows"]:
     xla = r["xla_step_flops"]
-    parts = lambda name: " / ".join(_seconds(r[f"{name}_{k}_s"]) for k in (
+    parts = lambda name, r=r: " / ".join(_seconds(r[f"{name}_{k}_s"]) for k in (
         "lower", "xla_compile", "first_run"))
     lines.append(
         f"| {r['parameterization']} | {_fmt(xla / 1e9 if xla else None, 2)} "

@@ -274,7 +274,7 @@ def over_members(fn: Callable[..., Any], *member_args: PyTree, member_loop: str)
   if member_loop == "vmap":
     return jax.vmap(fn)(*member_args)
   num_members = jax.tree.leaves(member_args)[0].shape[0]
-  outputs = [fn(*jax.tree.map(lambda a: a[k], member_args)) for k in range(num_members)]
+  outputs = [fn(*jax.tree.map(lambda a, k=k: a[k], member_args)) for k in range(num_members)]
   return jax.tree.map(lambda *xs: jnp.stack(xs), *outputs)
 
 
