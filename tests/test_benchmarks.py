@@ -40,6 +40,7 @@ FORWARD_MACS = {4: 799_568, 6: 1_716_024}
 FIRST_LAYER_MACS = {4: 9216 * 12, 6: 9216 * 18}  # its input gradient is never computed
 
 
+@pytest.mark.slow  # the benchmark end to end: compiles init and step twice
 def test_step_time_report_is_consistent(capsys, tmp_path):
   # Tiny everything: the numbers in the table must be the ones measured,
   # and derived from each other as the header says.

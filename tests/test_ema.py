@@ -39,6 +39,7 @@ def test_the_average_follows_its_formula_step_by_step(image_folder):
                          jax.tree.leaves(state.params)[0])
 
 
+@pytest.mark.slow  # a whole training run
 def test_both_test_errors_are_logged(image_folder, tmp_path):
   config = tiny_config(image_folder, "wn")
   config.ema_decay = 0.9

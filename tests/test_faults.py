@@ -33,6 +33,7 @@ def _restore(workdir, step):
   return ocp.StandardCheckpointer().restore(path)
 
 
+@pytest.mark.slow  # fault: a whole training run
 def test_huge_learning_rate_stops_with_a_clear_message(image_folder, tmp_path):
   config = tiny_config(image_folder, "normal")
   config.optimizer.learning_rate = 1e12
@@ -42,6 +43,7 @@ def test_huge_learning_rate_stops_with_a_clear_message(image_folder, tmp_path):
     train.train_and_evaluate(config, str(tmp_path))
 
 
+@pytest.mark.slow  # fault: two training runs
 def test_non_finite_loss_keeps_the_last_good_checkpoint(image_folder, tmp_path, monkeypatch):
   real_step = steps.train_step
 
@@ -125,6 +127,7 @@ def _records(workdir):
              if k not in ("epoch_time_s", "images_per_s")} for line in f]
 
 
+@pytest.mark.slow  # kill: CLI runs
 def test_sigkill_at_any_moment_resumes_from_the_newest_complete_checkpoint(
     image_folder, tmp_path):
   reference = tmp_path / "reference"

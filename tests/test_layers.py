@@ -368,6 +368,7 @@ def test_parameterization_switch_builds_each_and_rejects_unknown():
 
 # 8. Init with the batch sharded over 8 devices equals init on one device.
 
+@pytest.mark.slow  # 8 devices, in a subprocess
 def test_init_sharded_over_8_devices_matches_one_device():
   script = textwrap.dedent("""
       import jax, jax.numpy as jnp, numpy as np

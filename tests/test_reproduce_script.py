@@ -37,6 +37,7 @@ def test_bad_run_names_are_refused_before_anything_starts(runs, message, tmp_pat
   assert not (tmp_path / "work").exists()
 
 
+@pytest.mark.slow  # end-to-end script run
 def test_a_named_run_trains_with_the_overrides_its_name_spells(image_folder, tmp_path):
   name = "wn_mobn_lr3e-4_s1_zca1e-2"
   result = _run_script(tmp_path / "out", [name], image_folder, tmp_path / "work")

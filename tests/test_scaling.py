@@ -89,6 +89,7 @@ def eight_device_runs(unclipped_folder, tmp_path_factory):
   return {**runs, "_root": root}
 
 
+@pytest.mark.slow  # 8 devices, in a subprocess
 @pytest.mark.parametrize("parameterization", EIGHT_DEVICE_PARAMETERIZATIONS)
 def test_eight_devices_match_one_device(parameterization, unclipped_folder, eight_device_runs,
                                         tmp_path):
@@ -141,6 +142,7 @@ def _read_records(workdir):
     return [json.loads(line) for line in f]
 
 
+@pytest.mark.slow  # multi-process
 def test_two_hosts_match_one_host(unclipped_folder, tmp_path):
   """Two processes on 127.0.0.1 (2 CPU devices each) form a 4-device cluster.
 
@@ -219,6 +221,7 @@ def _sub_eqns(jaxpr):
         yield from _sub_eqns(inner)
 
 
+@pytest.mark.slow  # a whole training run
 def test_bfloat16_trains(image_folder, tmp_path):
   config = tiny_config(image_folder, "wn")
   config.model.dtype = "bfloat16"

@@ -54,6 +54,7 @@ def _records(directory):
 
 # bn amplifies rounding (reduction order differs under vmap): measured 1.6e-5
 # relative on one of 144 kernel entries after 6 steps; wn, wn_mobn meet 1e-5.
+@pytest.mark.slow  # a sweep and each member alone
 @pytest.mark.parametrize("parameterization, rtol, member_loop", [
     ("wn", 0, "vmap"), ("wn", 0, "unroll"), ("bn", 5e-5, "vmap"), ("wn_mobn", 0, "vmap")])
 def test_a_member_equals_the_run_trained_alone(parameterization, rtol, member_loop,
@@ -95,6 +96,7 @@ def test_a_member_equals_the_run_trained_alone(parameterization, rtol, member_lo
         np.testing.assert_allclose(a[key], b[key], rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow  # two training runs
 def test_a_sweep_of_one_equals_the_plain_run(image_folder, tmp_path, tmp_path_factory):
   config = _one_epoch(tiny_config(image_folder, "wn"))
   config.sweep.seed = (0,)
@@ -104,6 +106,7 @@ def test_a_sweep_of_one_equals_the_plain_run(image_folder, tmp_path, tmp_path_fa
   assert os.path.exists(tmp_path / "sweep" / "wn_lr0.001_s0" / "metrics.jsonl")
 
 
+@pytest.mark.slow  # training runs
 def test_members_may_differ_in_data_init(image_folder, tmp_path, tmp_path_factory):
   config = _one_epoch(tiny_config(image_folder, "wn"))
   config.sweep.data_init = (True, False)
@@ -120,6 +123,7 @@ def test_members_may_differ_in_data_init(image_folder, tmp_path, tmp_path_factor
     train.train_and_evaluate(mixed, str(tmp_path / "normal"))
 
 
+@pytest.mark.slow  # three training runs
 def test_resumed_sweep_equals_uninterrupted(image_folder, tmp_path):
   config = tiny_config(image_folder, "wn_mobn")
   config.sweep.learning_rate = (1e-3, 2e-3)
@@ -138,6 +142,7 @@ def test_resumed_sweep_equals_uninterrupted(image_folder, tmp_path):
             [r["step"] for r in _records(tmp_path / "a" / name)])
 
 
+@pytest.mark.slow  # a whole training run
 def test_a_diverging_member_is_stopped_and_the_others_train_on(image_folder, tmp_path,
                                                                tmp_path_factory):
   config = _one_epoch(tiny_config(image_folder, "normal"))
@@ -199,6 +204,7 @@ _DRIVER = textwrap.dedent("""
 """).format(repo=REPO_ROOT)
 
 
+@pytest.mark.slow  # 8 devices, in a subprocess
 def test_members_by_data_mesh_on_eight_devices_matches_one_device(tmp_path_factory, tmp_path):
   # Unclipped: no max-pool ties, whose winner depends on rounding (see test_scaling).
   folder = make_image_folder(tmp_path_factory.mktemp("unclipped") / "images",

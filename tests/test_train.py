@@ -78,7 +78,9 @@ def _eval_forward(params, model_state, x):
   return layer("NormalizedDense_0", x.mean(axis=(1, 2)))
 
 
-@pytest.mark.parametrize("parameterization", PARAMETERIZATIONS)
+# The fast tier trains `wn` (the daily loop's one training run); the others are slow.
+@pytest.mark.parametrize("parameterization", [
+    p if p == "wn" else pytest.param(p, marks=pytest.mark.slow) for p in PARAMETERIZATIONS])
 def test_every_parameterization_trains(parameterization, image_folder, tmp_path,
                                        model_compilations):
   config = tiny_config(image_folder, parameterization)
@@ -121,6 +123,7 @@ def test_every_parameterization_trains(parameterization, image_folder, tmp_path,
       epochs[-1]["test_loss"], -np.mean(log_probs[np.arange(len(labels)), labels]), rtol=1e-4)
 
 
+@pytest.mark.slow  # a longer training run
 def test_loss_drops_on_memorisable_subset(image_folder, tmp_path):
   config = tiny_config(image_folder, "wn")
   config.num_epochs = 30
@@ -211,6 +214,7 @@ def test_config_defaults_match_the_paper_recipe():
   assert cifar.get_config("wn_mobn,quick").model.parameterization == "wn_mobn"
 
 
+@pytest.mark.slow  # three training runs
 def test_resume_equals_uninterrupted_run(image_folder, tmp_path):
   config = tiny_config(image_folder, "wn_mobn")
   uninterrupted = train.train_and_evaluate(config, str(tmp_path / "a"))
@@ -238,6 +242,7 @@ def test_resume_equals_uninterrupted_run(image_folder, tmp_path):
       r["step"] for r in _read_metrics(tmp_path / "a")]
 
 
+@pytest.mark.slow  # a whole training run
 def test_refuses_to_resume_with_a_different_config(image_folder, tmp_path, monkeypatch):
   config = tiny_config(image_folder, "wn")
   config.num_epochs = 1
@@ -304,6 +309,7 @@ def test_missing_data_folder(tmp_path, model_compilations):
   assert not model_compilations
 
 
+@pytest.mark.slow  # end-to-end CLI runs
 def test_cli_trains_and_resumes(image_folder, tmp_path):
   workdir = tmp_path / "cli"
   command = [
