@@ -16,6 +16,7 @@ from that.
 """
 
 import argparse
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -58,7 +59,7 @@ def main():
   for order in ("sequential", "independent"):
     model = models.CifarNet(width=args.width, parameterization=args.parameterization,
                             init_order=order)
-    variables = jax.jit(lambda r, x: model.init(r, x, train=True))(rngs, x)
+    variables = jax.jit(functools.partial(model.init, train=True))(rngs, x)
     _, results[order] = layer_statistics(model, variables, x, apply_rngs)
   print(f"{args.parameterization}, width {args.width}, init batch {len(x)} whitened "
         "CIFAR-10 training images, training mode (noise, dropout) with the init's keys\n")

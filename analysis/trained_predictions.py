@@ -31,7 +31,8 @@ sys.path[:0] = [os.path.dirname(ANALYSIS_DIR), ANALYSIS_DIR]
 from init_order_stats import layer_statistics  # noqa: E402
 
 from configs import cifar  # noqa: E402
-from wn_jax import input_pipeline, train  # noqa: E402
+from wn_jax import config_checks, steps  # noqa: E402
+from wn_jax.data import cache  # noqa: E402
 
 
 def read_config(workdir: str) -> ml_collections.ConfigDict:
@@ -39,8 +40,8 @@ def read_config(workdir: str) -> ml_collections.ConfigDict:
   with open(os.path.join(workdir, "config.json")) as f:
     saved = json.load(f)
   current = cifar.get_config(saved.get("model", {}).get("parameterization", "wn"))
-  missing = sorted(set(train._flatten_config(json.loads(current.to_json())))
-                   - set(train._flatten_config(saved)))
+  missing = sorted(set(config_checks.flatten_config(json.loads(current.to_json())))
+                   - set(config_checks.flatten_config(saved)))
   if missing:
     raise ValueError(f"{workdir}/config.json lacks keys of the current config "
                      f"({', '.join(missing)}): it was written by an older version of "
@@ -77,12 +78,12 @@ def main():
       config.data.folder = args.folder
     key = config.data.to_json()
     if key not in data_cache:
-      data_cache[key] = input_pipeline.load_whitened(config.data)
+      data_cache[key] = cache.load_whitened(config.data)
     data = data_cache[key]
     # Folder data lists the test set class by class: draw, do not slice.
     rows_drawn = np.sort(np.random.default_rng(0).permutation(len(data.test_x))[:args.num])
     images, labels = data.test_x[rows_drawn], data.test_y[rows_drawn]
-    model = train.create_model(config, num_classes=len(data.class_names))
+    model = steps.create_model(config, num_classes=len(data.class_names))
     step, variables = restore_variables(workdir)
     logits, layers = layer_statistics(model, variables, jnp.asarray(images), train=False)
     logits = np.asarray(logits, np.float64)

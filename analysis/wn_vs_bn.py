@@ -34,7 +34,7 @@ import numpy as np
 import optax
 from flax import linen as nn
 
-from wn_jax import layers
+from wn_jax.layers import wn_layers
 
 
 def spectrum(rows):
@@ -62,15 +62,15 @@ def fmt(r):
 class ConvNet(nn.Module):
   @nn.compact
   def __call__(self, x):
-    h = layers.WNConv(96, (3, 3), name="conv")(x)
+    h = wn_layers.WNConv(96, (3, 3), name="conv")(x)
     h = jnp.maximum(h, 0.1 * h).mean((1, 2))
-    return layers.WNDense(10, name="dense")(h)
+    return wn_layers.WNDense(10, name="dense")(h)
 
 
 class Logistic(nn.Module):
   @nn.compact
   def __call__(self, x):
-    return layers.WNDense(10, name="dense")(x.reshape(len(x), -1))
+    return wn_layers.WNDense(10, name="dense")(x.reshape(len(x), -1))
 
 
 def first_layer_r(params, x, name):
@@ -148,7 +148,7 @@ def main():
   print("| conv 3x3 VALID on images | " + " | ".join(
       fmt(r_of(conv_valid(b, v_conv))) for b in batches) + " |")
   # Second conv of the paper network, on the data-initialised first layer's output.
-  first = layers.WNConv(96, (3, 3))
+  first = wn_layers.WNConv(96, (3, 3))
   first_vars = first.init(jax.random.key(1), jnp.asarray(x))
   v2 = rng.standard_normal((3, 3, 96, 96)).astype(np.float32)
   v2 /= np.linalg.norm(v2.reshape(-1, 96), axis=0)

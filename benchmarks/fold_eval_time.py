@@ -12,6 +12,7 @@ changes.
 """
 
 import argparse
+import functools
 import statistics
 import time
 
@@ -39,10 +40,10 @@ def main():
     model = models.CifarNet(width=args.width, parameterization=p)
     rngs = {"params": jax.random.key(1), "noise": jax.random.key(2),
             "dropout": jax.random.key(3)}
-    variables = jax.jit(lambda r, x: model.init(r, x, train=True))(rngs, x[:100])
+    variables = jax.jit(functools.partial(model.init, train=True))(rngs, x[:100])
     folded_model, folded = wn_jax.fold(model, variables)
-    fns = {"unfolded": (jax.jit(lambda v, x: model.apply(v, x, train=False)), variables),
-           "folded": (jax.jit(lambda v, x: folded_model.apply(v, x, train=False)), folded)}
+    fns = {"unfolded": (jax.jit(functools.partial(model.apply, train=False)), variables),
+           "folded": (jax.jit(functools.partial(folded_model.apply, train=False)), folded)}
     outs = {k: jax.block_until_ready(f(v, x)) for k, (f, v) in fns.items()}
     cost = {}
     for k, (f, v) in fns.items():

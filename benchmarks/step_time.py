@@ -4,11 +4,11 @@ r"""What weight norm costs per training step: the paper's CIFAR-10 network.
     python benchmarks/step_time.py --parameterizations normal,wn --reps 50
     python benchmarks/step_time.py --dtype bfloat16 --no-torch --json out.json
 
-For each parameterization, `wn_jax.train.create_model(config, 10)` with
+For each parameterization, `wn_jax.steps.create_model(config, 10)` with
 `configs/cifar.py:<parameterization>` (plus `--width`, `--dtype`,
 `--conv-weight-grad`) on random 32x32x3 input:
 
-- step: `train.train_step` jitted with `donate_argnums=0` and the same
+- step: `steps.train_step` jitted with `donate_argnums=0` and the same
   shardings as `train_and_evaluate`; median wall time over `--reps` steps
   after `--warmup`, blocking on the step's metrics each step. The
   parameterizations' steps run interleaved (rep 1 of each, then rep 2, ...)
@@ -17,7 +17,7 @@ For each parameterization, `wn_jax.train.create_model(config, 10)` with
 - compile: `lower(...)` plus `.compile()` of that step. On GPU the first
   parameterization's compiles also pay for conv autotuning that later ones
   reuse from XLA's in-process cache (seen: bf16 `normal` 17 s, the rest 4 s).
-- init: the data-dependent init, `train.initialize` jitted as in
+- init: the data-dependent init, `steps.initialize` jitted as in
   `train_and_evaluate`, on a `--init-batch-size` (500) batch. "first" is
   the work of the first call, timed in its parts (trace/lower + compile +
   first run, via `.lower().compile()`), "run" the median of later runs.
@@ -67,7 +67,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO_ROOT)
 from configs import cifar  # noqa: E402
-from wn_jax import train  # noqa: E402
+from wn_jax import config_checks, steps  # noqa: E402
 
 NUM_CLASSES = 10
 IMAGE_SHAPE = (32, 32, 3)
@@ -86,9 +86,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
   parser.add_argument("--warmup", type=int, default=3,
                       help="untimed steps after compiling")
   parser.add_argument("--parameterizations", default=",".join(cifar.PARAMETERIZATIONS))
-  parser.add_argument("--conv-weight-grad", choices=train.CONV_WEIGHT_GRADS,
+  parser.add_argument("--conv-weight-grad", choices=steps.CONV_WEIGHT_GRADS,
                       default="auto", help="config.model.conv_weight_grad")
-  parser.add_argument("--dtype", choices=tuple(train.DTYPES), default="float32",
+  parser.add_argument("--dtype", choices=tuple(steps.DTYPES), default="float32",
                       help="config.model.dtype (compute dtype)")
   parser.add_argument("--matmul-size", type=int, default=4096,
                       help="n of the n x n @ n x n matmul that measures the peak")
@@ -208,7 +208,7 @@ def analytic_flops(model: Any, variables: Any) -> dict[str, float]:
   """Conv/dense FLOPs per example from the layer shapes (2 per multiply-add).
 
   Every conv/dense of the network is a submodule named 'linear' (see
-  `wn_jax.layers._parameterized`); its MACs are (output elements) x
+  `wn_jax.layers.parameterization._parameterized`); its MACs are (output elements) x
   (kernel elements per output channel). Returns per-example 'forward' and
   'train_step' = forward + weight grad + input grad, where the first
   layer's input gradient (w.r.t. the images) is never computed.
@@ -263,12 +263,12 @@ def prepare(args: argparse.Namespace, parameterization: str, images: jax.Array,
             labels: jax.Array, init_batch: jax.Array) -> dict[str, Any]:
   """Inits (timed), compiles the forward pass and the step (timed)."""
   config = _config(args, parameterization)
-  train.validate_config(config, jax.device_count())
+  config_checks.validate_config(config, jax.device_count())
   mesh = Mesh(np.asarray(jax.devices()), ("data",))
   replicated = NamedSharding(mesh, PartitionSpec())
   data_sharding = NamedSharding(mesh, PartitionSpec("data"))
-  model = train.create_model(config, NUM_CLASSES)
-  optimizer = functools.partial(train.create_optimizer, config,
+  model = steps.create_model(config, NUM_CLASSES)
+  optimizer = functools.partial(steps.create_optimizer, config,
                                 max(CIFAR_TRAIN_SIZE // config.batch_size, 1))
   learning_rate = jnp.float32(config.optimizer.learning_rate)
   init_scale = jnp.float32(config.model.init_scale)
@@ -277,7 +277,7 @@ def prepare(args: argparse.Namespace, parameterization: str, images: jax.Array,
                             "conv_weight_grad": model.conv_weight_grad}
 
   # The data-dependent init, jitted as train_and_evaluate does.
-  init_fn = jax.jit(functools.partial(train.initialize, model=model, optimizer=optimizer),
+  init_fn = jax.jit(functools.partial(steps.initialize, model=model, optimizer=optimizer),
                     out_shardings=replicated)
   state = _first_and_later_calls(result, "init", args, init_fn, init_batch, init_key,
                                  init_scale, learning_rate)
@@ -299,7 +299,7 @@ def prepare(args: argparse.Namespace, parameterization: str, images: jax.Array,
 
   # The train step, jitted as train_and_evaluate does.
   step_fn = jax.jit(
-      functools.partial(train.train_step, model=model, optimizer=optimizer,
+      functools.partial(steps.train_step, model=model, optimizer=optimizer,
                         augment_flip=config.data.augment_flip,
                         augment_max_translation=config.data.augment_max_translation),
       in_shardings=(replicated, data_sharding, data_sharding, replicated, replicated),
@@ -453,7 +453,7 @@ def render(report: dict[str, Any]) -> str:
         f"| {_fmt(r['percent_of_peak'])} |")
   lines += [
       "",
-      "step ms / images/s: the jitted `train.train_step` (state donated), batch "
+      "step ms / images/s: the jitted `steps.train_step` (state donated), batch "
       f"{a['batch_size']}; vs normal = step time / normal's step time (>1: slower). "
       "compile s = lower + compile of the step (on GPU the first row's also "
       "holds conv autotuning that later rows reuse). init first = the data-dependent "
@@ -481,7 +481,7 @@ def render(report: dict[str, Any]) -> str:
   ]
   for r in report["rows"]:
     xla = r["xla_step_flops"]
-    parts = lambda name: " / ".join(_seconds(r[f"{name}_{k}_s"]) for k in (
+    parts = lambda name, r=r: " / ".join(_seconds(r[f"{name}_{k}_s"]) for k in (
         "lower", "xla_compile", "first_run"))
     lines.append(
         f"| {r['parameterization']} | {_fmt(xla / 1e9 if xla else None, 2)} "
@@ -519,7 +519,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   peaks = {"float32": matmul_peak_flops(args.matmul_size, jnp.float32,
                                         _few(args.reps), args.warmup)}
   if args.dtype != "float32":
-    peaks[args.dtype] = matmul_peak_flops(args.matmul_size, train.DTYPES[args.dtype],
+    peaks[args.dtype] = matmul_peak_flops(args.matmul_size, steps.DTYPES[args.dtype],
                                           _few(args.reps), args.warmup)
   peak = peaks[args.dtype]
 

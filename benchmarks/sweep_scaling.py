@@ -3,12 +3,12 @@ r"""Many runs in one program: throughput against members per launch.
     python benchmarks/sweep_scaling.py --width 16 --members 1,2,4,8,16   # CPU
     python benchmarks/sweep_scaling.py --members 1,2,4,8,16 --dtype bfloat16
 
-Times the jitted `train.sweep_train_step` exactly as `train_and_evaluate`
+Times the jitted `steps.sweep_train_step` exactly as `train_and_evaluate`
 calls it (state donated, data set on the device, each member its own batch
 indices, keys and learning rate) for each number of members M, on random
 32x32x3 data of `--train-size` images, after `--warmup` steps, median of
 `--reps` (blocking on the metrics every step). Also times the bare
-one-member `train.train_step` (no vmap, no gather, no masking of
+one-member `steps.train_step` (no vmap, no gather, no masking of
 non-finite updates) as the baseline a plain run would have without the
 sweep machinery.
 
@@ -33,7 +33,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from configs import cifar  # noqa: E402
-from wn_jax import train  # noqa: E402
+from wn_jax import placement, steps  # noqa: E402
 
 PAPER_STEPS = 200 * 500  # 200 epochs of 500 batches of 100
 
@@ -53,21 +53,21 @@ def _median_time(fn, args, reps: int, warmup: int) -> float:
 def time_members(config, num_members: int, train_size: int, reps: int, warmup: int,
                  member_loop: str) -> float:
   """Median step time of a sweep of `num_members` members (seconds)."""
-  mesh = train.create_mesh()
+  mesh = placement.create_mesh()
   replicated = NamedSharding(mesh, PartitionSpec())
   per_member = NamedSharding(mesh, PartitionSpec("members"))
   rng = np.random.default_rng(0)
   images = jnp.asarray(rng.standard_normal((train_size, 32, 32, 3)), jnp.float32)
   labels = jnp.asarray(rng.integers(0, 10, train_size), jnp.int32)
   steps_per_epoch = train_size // config.batch_size
-  model = train.create_model(config, 10)
-  optimizer = functools.partial(train.create_optimizer, config, steps_per_epoch)
+  model = steps.create_model(config, 10)
+  optimizer = functools.partial(steps.create_optimizer, config, steps_per_epoch)
   seeds = jnp.arange(num_members)
   keys = jax.vmap(lambda s: jax.random.split(jax.random.key(s)))(seeds)
   learning_rates = jnp.full((num_members,), config.optimizer.learning_rate, jnp.float32)
   init_rows = jnp.asarray(np.stack([rng.permutation(train_size)[:config.init_batch_size]
                                     for _ in range(num_members)]), jnp.int32)
-  state = jax.jit(functools.partial(train.sweep_init, model=model, optimizer=optimizer,
+  state = jax.jit(functools.partial(steps.sweep_init, model=model, optimizer=optimizer,
                                     member_loop=member_loop),
                   out_shardings=per_member)(
       images, init_rows, keys[:, 0], jnp.ones(num_members, jnp.float32), learning_rates,
@@ -77,7 +77,7 @@ def time_members(config, num_members: int, train_size: int, reps: int, warmup: i
               .reshape(steps_per_epoch, config.batch_size), axis=1)
       for _ in range(num_members)]), jnp.int32)
   step_fn = jax.jit(
-      functools.partial(train.sweep_train_step, steps_per_epoch=steps_per_epoch,
+      functools.partial(steps.sweep_train_step, steps_per_epoch=steps_per_epoch,
                         model=model, optimizer=optimizer, augment_flip=False,
                         augment_max_translation=0, member_loop=member_loop),
       in_shardings=(per_member, replicated, replicated, per_member, per_member, per_member),
@@ -93,12 +93,12 @@ def time_bare_step(config, reps: int, warmup: int) -> float:
   labels = jnp.asarray(rng.integers(0, 10, config.batch_size), jnp.int32)
   init_batch = jnp.asarray(rng.standard_normal((config.init_batch_size, 32, 32, 3)),
                            jnp.float32)
-  model = train.create_model(config, 10)
-  optimizer = functools.partial(train.create_optimizer, config, 500)
+  model = steps.create_model(config, 10)
+  optimizer = functools.partial(steps.create_optimizer, config, 500)
   learning_rate = jnp.float32(config.optimizer.learning_rate)
-  state = jax.jit(functools.partial(train.initialize, model=model, optimizer=optimizer))(
+  state = jax.jit(functools.partial(steps.initialize, model=model, optimizer=optimizer))(
       init_batch, jax.random.key(0), jnp.float32(1.0), learning_rate)
-  step_fn = jax.jit(functools.partial(train.train_step, model=model, optimizer=optimizer,
+  step_fn = jax.jit(functools.partial(steps.train_step, model=model, optimizer=optimizer,
                                       augment_flip=False, augment_max_translation=0),
                     donate_argnums=0)
   return _median_time(step_fn, (state, images, labels, jax.random.key(1), learning_rate),
@@ -110,9 +110,9 @@ def main() -> None:
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--parameterization", default="wn")
   parser.add_argument("--width", type=int, default=96)
-  parser.add_argument("--dtype", default="float32", choices=tuple(train.DTYPES))
+  parser.add_argument("--dtype", default="float32", choices=tuple(steps.DTYPES))
   parser.add_argument("--members", default="1,2,4,8,16")
-  parser.add_argument("--member-loop", default="auto", choices=train.MEMBER_LOOPS)
+  parser.add_argument("--member-loop", default="auto", choices=steps.MEMBER_LOOPS)
   parser.add_argument("--train-size", type=int, default=2000)
   parser.add_argument("--reps", type=int, default=10)
   parser.add_argument("--warmup", type=int, default=3)

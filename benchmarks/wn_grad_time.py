@@ -12,6 +12,7 @@ the code that print the same counts compile to the same program size.
 
 import argparse
 import collections
+import functools
 import re
 import statistics
 import time
@@ -37,12 +38,12 @@ def main():
                             conv_weight_grad=mode)
     rngs = {"params": jax.random.key(2), "noise": jax.random.key(3),
             "dropout": jax.random.key(4)}
-    variables = jax.jit(lambda r, x: model.init(r, x, train=True))(rngs, x)
+    variables = jax.jit(functools.partial(model.init, train=True))(rngs, x)
     params, state = variables["params"], {k: v for k, v in variables.items()
                                           if k != "params"}
 
     @jax.jit
-    def grad(params, x, labels):
+    def grad(params, x, labels, model=model, state=state):
       def loss(params):
         logits, _ = model.apply({"params": params, **state}, x, train=True,
                                 rngs={"noise": jax.random.key(5),

@@ -184,10 +184,10 @@ warm_cache() {  # SOURCE FOLDER
   warmed[$1:$2]=1
   python3 -c "import sys
 from configs import cifar
-from wn_jax import input_pipeline
+from wn_jax.data import cache
 data = cifar.get_config().data
 data.source, data.folder = sys.argv[1], sys.argv[2]
-print(input_pipeline.load_whitened(data).report)" "$1" "$2" >> "$logs/data_cache.log" 2>&1
+print(cache.load_whitened(data).report)" "$1" "$2" >> "$logs/data_cache.log" 2>&1
 }
 
 # train NAME: one process, in the background, with the overrides its name

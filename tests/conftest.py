@@ -55,6 +55,21 @@ def make_image_folder(root, num_train_per_class=20, num_test_per_class=4, seed=0
   return str(root)
 
 
+def random_originals(num_per_class=40, num_classes=3, size=4, seed=0):
+  """uint8 [N, size, size, 3] random images and labels in class blocks."""
+  rng = np.random.default_rng(seed)
+  images = rng.integers(20, 236, size=(num_per_class * num_classes, size, size, 3),
+                        dtype=np.uint8)
+  labels = np.repeat(np.arange(num_classes), num_per_class).astype(np.int32)
+  return images, labels
+
+
+def perturbed(images, amplitude=3, seed=1):
+  rng = np.random.default_rng(seed)
+  noise = rng.integers(-amplitude, amplitude + 1, size=images.shape)
+  return np.clip(images.astype(int) + noise, 0, 255).astype(np.uint8)
+
+
 @pytest.fixture(autouse=True)
 def data_cache_dir(tmp_path_factory, monkeypatch):
   """Every test gets its own empty data cache (never the user's ~/.cache):

@@ -22,6 +22,7 @@ def _load_script(name):
   return module
 
 
+@pytest.mark.slow  # trains, then runs the analysis script end to end
 def test_trained_predictions_restores_the_run_and_reproduces_its_test_error(
     image_folder, tmp_path, capsys, monkeypatch):
   trained_predictions = _load_script("trained_predictions")

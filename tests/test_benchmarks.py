@@ -40,6 +40,7 @@ FORWARD_MACS = {4: 799_568, 6: 1_716_024}
 FIRST_LAYER_MACS = {4: 9216 * 12, 6: 9216 * 18}  # its input gradient is never computed
 
 
+@pytest.mark.slow  # the benchmark end to end: compiles init and step twice
 def test_step_time_report_is_consistent(capsys, tmp_path):
   # Tiny everything: the numbers in the table must be the ones measured,
   # and derived from each other as the header says.
@@ -82,13 +83,13 @@ def test_analytic_flops_match_a_hand_count(parameterization):
   import jax
 
   from configs import cifar
-  from wn_jax import train
+  from wn_jax import steps
 
   width = 6
   config = cifar.get_config(parameterization)
   config.model.width = width
   config.model.data_init = False  # shapes only
-  model = train.create_model(config, 10)
+  model = steps.create_model(config, 10)
   variables = jax.eval_shape(
       lambda: model.init({"params": jax.random.key(0), "noise": jax.random.key(1),
                           "dropout": jax.random.key(2)},

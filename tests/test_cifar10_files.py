@@ -12,7 +12,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from wn_jax import input_pipeline
+from wn_jax.data import cifar10, sources
 
 CLASS_NAMES = ["airplane", "automobile", "bird"]
 PER_BATCH = 3  # images per batch file
@@ -79,7 +79,7 @@ def test_reads_exact_pixels_labels_and_class_names(tmp_path, source):
   batches = _batches()
   folder = WRITERS[source](tmp_path / "cifar", batches)
   for split in ("train", "test"):
-    images, labels, class_names = input_pipeline.load_cifar10(folder, split, source=source)
+    images, labels, class_names = cifar10.load_cifar10(folder, split, source=source)
     expected_images, expected_labels = _expected(batches, split)
     assert images.dtype == np.uint8 and images.shape == expected_images.shape
     assert labels.dtype == np.int32
@@ -88,7 +88,7 @@ def test_reads_exact_pixels_labels_and_class_names(tmp_path, source):
     assert class_names == CLASS_NAMES
   # One pixel by hand: image 0 of data_batch_1, row 1, column 2, green.
   assert images.shape[0] == PER_BATCH  # (the test split, read last)
-  train, _, _ = input_pipeline.load_cifar10(folder, "train", source=source)
+  train, _, _ = cifar10.load_cifar10(folder, "train", source=source)
   assert train[0, 1, 2, 1] == batches["data_batch_1"][0][0, 1, 1, 2]
 
 
@@ -100,8 +100,8 @@ def test_reads_the_tar_archive_directly(tmp_path, source, compression):
   archive = tmp_path / f"cifar.tar.{compression}"
   with tarfile.open(archive, f"w:{compression}") as tar:
     tar.add(folder, arcname=CIFAR10_DIRS[source])
-  from_dir = input_pipeline.load_cifar10(folder, "train", source=source)
-  from_archive = input_pipeline.load_cifar10(str(archive), "train", source=source)
+  from_dir = cifar10.load_cifar10(folder, "train", source=source)
+  from_archive = cifar10.load_cifar10(str(archive), "train", source=source)
   np.testing.assert_array_equal(from_archive[0], from_dir[0])
   np.testing.assert_array_equal(from_archive[1], from_dir[1])
   assert from_archive[2] == from_dir[2] == CLASS_NAMES
@@ -118,7 +118,7 @@ def test_load_dataset_with_config(tmp_path, source):
     dict(source=source, name="cifar10", folder=folder, tfds_data_dir="",
          train_split="train", test_split="test")
   )
-  dataset = input_pipeline.load_dataset(config)
+  dataset = sources.load_dataset(config)
   assert dataset.train_images.shape == (5 * PER_BATCH, 32, 32, 3)
   assert dataset.test_images.shape == (PER_BATCH, 32, 32, 3)
   np.testing.assert_array_equal(dataset.test_images, _expected(batches, "test")[0])
@@ -127,12 +127,12 @@ def test_load_dataset_with_config(tmp_path, source):
 
 def test_missing_directory(tmp_path):
   with pytest.raises(FileNotFoundError, match=r"does not exist.*cifar-10-python\.tar\.gz"):
-    input_pipeline.load_cifar10(str(tmp_path / "nowhere"), "train")
+    cifar10.load_cifar10(str(tmp_path / "nowhere"), "train")
 
 
 def test_empty_path_asks_for_the_folder():
   with pytest.raises(ValueError, match=r"needs config\.data\.folder"):
-    input_pipeline.load_cifar10("", "train", source="cifar10_binary")
+    cifar10.load_cifar10("", "train", source="cifar10_binary")
 
 
 @pytest.mark.parametrize("source", sorted(WRITERS))
@@ -141,7 +141,7 @@ def test_missing_batch_file_is_named(tmp_path, source):
   missing = "data_batch_3" + (".bin" if source == "cifar10_binary" else "")
   os.remove(os.path.join(folder, missing))
   with pytest.raises(FileNotFoundError, match=rf"{missing}.* is missing"):
-    input_pipeline.load_cifar10(folder, "train", source=source)
+    cifar10.load_cifar10(folder, "train", source=source)
 
 
 def test_binary_wrong_record_size(tmp_path):
@@ -150,7 +150,7 @@ def test_binary_wrong_record_size(tmp_path):
   with open(path, "ab") as f:
     f.write(b"\0" * 10)
   with pytest.raises(ValueError, match=r"test_batch\.bin.*not a positive multiple of the record size 3073"):
-    input_pipeline.load_cifar10(folder, "test", source="cifar10_binary")
+    cifar10.load_cifar10(folder, "test", source="cifar10_binary")
 
 
 def test_python_batch_with_wrong_data_shape(tmp_path):
@@ -158,7 +158,7 @@ def test_python_batch_with_wrong_data_shape(tmp_path):
   with open(os.path.join(folder, "test_batch"), "wb") as f:
     pickle.dump({b"data": np.zeros((2, 100), np.uint8), b"labels": [0, 1]}, f, protocol=2)
   with pytest.raises(ValueError, match=r"test_batch.*uint8 \[N, 3072\]"):
-    input_pipeline.load_cifar10(folder, "test")
+    cifar10.load_cifar10(folder, "test")
 
 
 def test_python_batch_that_is_not_a_pickle(tmp_path):
@@ -166,7 +166,7 @@ def test_python_batch_that_is_not_a_pickle(tmp_path):
   with open(os.path.join(folder, "test_batch"), "wb") as f:
     f.write(b"garbage, not a pickle")
   with pytest.raises(ValueError, match=r"test_batch.*not a readable pickle"):
-    input_pipeline.load_cifar10(folder, "test")
+    cifar10.load_cifar10(folder, "test")
 
 
 def test_labels_outside_the_classes(tmp_path):
@@ -174,10 +174,10 @@ def test_labels_outside_the_classes(tmp_path):
   batches["test_batch"][1][0] = 7  # only 3 class names
   folder = _write_binary(tmp_path / "cifar", batches)
   with pytest.raises(ValueError, match=r"outside the 3 classes"):
-    input_pipeline.load_cifar10(folder, "test", source="cifar10_binary")
+    cifar10.load_cifar10(folder, "test", source="cifar10_binary")
 
 
 def test_unknown_split(tmp_path):
   folder = _write_python(tmp_path / "cifar", _batches())
   with pytest.raises(ValueError, match=r"splits 'train'.*'test'.*got 'train\[:10%\]'"):
-    input_pipeline.load_cifar10(folder, "train[:10%]")
+    cifar10.load_cifar10(folder, "train[:10%]")

@@ -8,107 +8,11 @@ import os
 
 import numpy as np
 import pytest
+from conftest import perturbed, random_originals
 from PIL import Image
 
-from wn_jax import compare, input_pipeline, reencode
-
-
-def _originals(num_per_class=40, num_classes=3, size=4, seed=0):
-  """uint8 [N, size, size, 3] random images and labels in class blocks."""
-  rng = np.random.default_rng(seed)
-  images = rng.integers(20, 236, size=(num_per_class * num_classes, size, size, 3),
-                        dtype=np.uint8)
-  labels = np.repeat(np.arange(num_classes), num_per_class).astype(np.int32)
-  return images, labels
-
-
-def _perturbed(images, amplitude=3, seed=1):
-  rng = np.random.default_rng(seed)
-  noise = rng.integers(-amplitude, amplitude + 1, size=images.shape)
-  return np.clip(images.astype(int) + noise, 0, 255).astype(np.uint8)
-
-
-# ---------------------------------------------------------------------------
-# Matching.
-
-
-def test_nearest_agrees_with_a_direct_computation():
-  originals, _ = _originals(num_per_class=30)
-  queries = _perturbed(originals[::7], amplitude=40)
-  found = compare.nearest(queries, originals, chunk_size=4)
-  diff = queries[:, None].astype(np.float64) - originals[None].astype(np.float64)
-  msd = (diff**2).reshape(len(queries), len(originals), -1).mean(axis=2)
-  np.testing.assert_array_equal(found.index, msd.argmin(axis=1))
-  np.testing.assert_allclose(found.msd, msd.min(axis=1), rtol=1e-5)
-  np.testing.assert_allclose(found.second_msd, np.sort(msd, axis=1)[:, 1], rtol=1e-5)
-
-
-def test_a_shuffled_perturbed_copy_is_matched_to_its_originals():
-  originals, labels = _originals()
-  permutation = np.random.default_rng(2).permutation(len(originals))
-  copy = _perturbed(originals)[permutation]
-  index, report = compare.match(copy, labels[permutation], originals, labels, sample_size=50)
-  np.testing.assert_array_equal(index, permutation)
-  assert report.num_images == len(originals)
-  assert report.sample_size == 50 and report.sample_nearest_is_match == 50
-  assert report.ratio_min > 1
-  mean_abs = np.abs(copy.astype(int) - originals[permutation]).reshape(len(copy), -1).mean(1)
-  assert report.mean_abs_max == pytest.approx(mean_abs.max())
-  assert report.mean_abs_mean == pytest.approx(mean_abs.mean())
-  # Shuffled, the copy's order within a class is not the original's.
-  assert report.same_as_class_order < len(originals) // 2
-
-
-def test_a_copy_in_class_order_agrees_with_the_class_order_hypothesis():
-  originals, labels = _originals()
-  # The copy lists class by class, in the original order within each class,
-  # while the original interleaves the classes.
-  interleaved = np.argsort(np.tile(np.arange(40), 3), kind="stable")
-  originals, labels = originals[interleaved], labels[interleaved]
-  by_class = np.argsort(labels, kind="stable")
-  copy, copy_labels = _perturbed(originals)[by_class], labels[by_class]
-  np.testing.assert_array_equal(compare.class_order_match(copy_labels, labels), by_class)
-  index, report = compare.match(copy, copy_labels, originals, labels)
-  np.testing.assert_array_equal(index, by_class)
-  assert report.same_as_class_order == len(originals)
-
-
-def test_a_copy_missing_an_image_fails_with_a_clear_error():
-  originals, labels = _originals()
-  copy = _perturbed(originals)
-  keep = np.arange(len(copy)) != 17
-  with pytest.raises(ValueError, match=r"119 copy images for 120 originals.*1 originals "
-                                       r"matched by no copy image \(\[17\]\)"):
-    compare.match(copy[keep], labels[keep], originals, labels)
-  with pytest.raises(ValueError, match="Class 0: 39 copy images but 40 originals"):
-    compare.class_order_match(labels[keep], labels)
-
-
-def test_a_copy_with_a_duplicate_fails_with_a_clear_error():
-  originals, labels = _originals()
-  copy = _perturbed(originals)
-  copy[5] = _perturbed(originals[6:7], seed=9)[0]  # image 6 twice, image 5 never
-  with pytest.raises(ValueError, match=r"original 6 <- copy \[5, 6\].*no copy image \(\[5\]\)"):
-    compare.match(copy, labels, originals, labels)
-
-
-# ---------------------------------------------------------------------------
-# Pixel distance.
-
-
-def test_pixel_distance_is_psnr_of_the_pairs():
-  originals, _ = _originals()
-  copy = _perturbed(originals, amplitude=5)
-  d = compare.pixel_distance(copy, originals, chunk_size=7)
-  diff = copy.astype(np.float64) - originals
-  assert d.mean_abs == pytest.approx(np.abs(diff).mean())
-  assert d.psnr_db == pytest.approx(10 * np.log10(255**2 / (diff**2).mean()))
-  assert d.channel_psnr_db["G"] == pytest.approx(10 * np.log10(255**2 / (diff[..., 1]**2).mean()))
-  # Y is a weighted mean of R, G, B: independent errors shrink in it.
-  y = diff @ np.array([0.299, 0.587, 0.114])
-  assert d.channel_psnr_db["Y"] == pytest.approx(10 * np.log10(255**2 / (y**2).mean()), rel=1e-5)
-  assert compare.pixel_distance(originals, originals).psnr_db == np.inf
-
+from wn_jax import compare, reencode
+from wn_jax.data import zca
 
 # ---------------------------------------------------------------------------
 # Error share per eigen-direction.
@@ -126,8 +30,8 @@ def _rows(num=100_000, seed=0):
 
 
 def _statistics(copy_rows, original_rows, basis="original"):
-  original = input_pipeline.covariance_spectrum(original_rows)
-  copy = input_pipeline.covariance_spectrum(copy_rows)
+  original = zca.covariance_spectrum(original_rows)
+  copy = zca.covariance_spectrum(copy_rows)
   fitted = original if basis == "original" else copy
   stats = compare.direction_statistics(fitted.eigenvectors, original,
                                        compare.covariance_from_spectrum(copy),
@@ -184,19 +88,19 @@ def test_blurring_moves_content_between_directions_which_linear_share_does_not_c
 
 
 def test_whitened_share_matches_the_actually_whitened_data():
-  original, _ = _originals(num_per_class=1000, size=2, seed=3)  # 12 dims, 3000 images
-  copy = _perturbed(original, amplitude=12, seed=5)
+  original, _ = random_originals(num_per_class=1000, size=2, seed=3)  # 12 dims, 3000 images
+  copy = perturbed(original, amplitude=12, seed=5)
   copy[..., 2] = np.clip(copy[..., 2].astype(int) // 8 * 8, 0, 255)  # quantised blue
   reg = 1e-3
   result = compare.error_shares(copy, original, regularizations=(reg,))
-  o, c = input_pipeline.zca_input(original), input_pipeline.zca_input(copy)
+  o, c = zca.zca_input(original), zca.zca_input(copy)
   for name, fit_on in (("original", o), ("copy", c)):
-    zca = input_pipeline.fit_zca(fit_on, reg)
+    whitening = zca.fit_zca(fit_on, reg)
     _, eigenvectors = np.linalg.eigh(np.cov(fit_on.T.astype(np.float64), bias=True))
     # The whitened copy and original along each eigenvector; the residue of
     # regressing one on the other, direction by direction.
-    wc = input_pipeline.apply_zca(zca, c).astype(np.float64) @ eigenvectors
-    wo = input_pipeline.apply_zca(zca, o).astype(np.float64) @ eigenvectors
+    wc = zca.apply_zca(whitening, c).astype(np.float64) @ eigenvectors
+    wo = zca.apply_zca(whitening, o).astype(np.float64) @ eigenvectors
     residue = []
     for i in range(wc.shape[1]):
       design = np.stack([wo[:, i], np.ones(len(wo))], axis=1)
@@ -220,7 +124,7 @@ def test_linear_share_of_unrelated_noise_is_one_after_the_degrees_of_freedom_cor
   # In-sample, a regression on 48 predictors "explains" ~48/400 of pure noise.
   rng = np.random.default_rng(7)
   o, c = rng.standard_normal((2, 400, 48))
-  original = input_pipeline.covariance_spectrum(o)
+  original = zca.covariance_spectrum(o)
   args = (original.eigenvectors, original, np.cov(c.T, bias=True),
           compare.cross_covariance(c, o))
   raw = compare.direction_statistics(*args).linear_share
@@ -231,8 +135,8 @@ def test_linear_share_of_unrelated_noise_is_one_after_the_degrees_of_freedom_cor
 
 
 def test_rank_table_adds_up():
-  original, _ = _originals(num_per_class=500, size=2, seed=3)
-  copy = _perturbed(original, amplitude=12, seed=5)
+  original, _ = random_originals(num_per_class=500, size=2, seed=3)
+  copy = perturbed(original, amplitude=12, seed=5)
   share = compare.error_shares(copy, original, regularizations=(1e-5,))["original"]["shares"][1e-5]
   rows = compare.rank_table(share, rank_ranges=((1, 4), (5, 10), (11, 3072)))
   assert [r["ranks"] for r in rows] == ["1-4", "5-10", "11-12"]
@@ -288,11 +192,11 @@ def test_command_matches_a_jpeg_copy_and_reports_the_encoders_psnr(tmp_path, cap
 
 def test_command_stops_with_a_clear_error_when_the_copy_lacks_an_image(tmp_path):
   class_names = ["ant", "bee"]
-  images, labels = _originals(num_per_class=10, num_classes=2, size=8)
+  images, labels = random_originals(num_per_class=10, num_classes=2, size=8)
   original, copy = str(tmp_path / "original"), str(tmp_path / "copy")
   for split in ("train", "test"):
     _write_folder(original, images, labels, class_names, split)
-    _write_folder(copy, _perturbed(images), labels, class_names, split)
+    _write_folder(copy, perturbed(images), labels, class_names, split)
   os.remove(os.path.join(copy, "train", "bee", "0003.png"))
   with pytest.raises(SystemExit, match="19 copy images for 20 originals"):
     compare.main([copy, original, "--original-source", "folder", "--sample", "0"])

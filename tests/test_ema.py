@@ -10,20 +10,20 @@ import numpy as np
 import pytest
 from conftest import tiny_config
 
-from wn_jax import train
+from wn_jax import config_checks, steps, train
 
 
 def test_the_average_follows_its_formula_step_by_step(image_folder):
   config = tiny_config(image_folder, "wn_mobn")
   decay = 0.75
-  model = train.create_model(config, num_classes=3)
-  optimizer = functools.partial(train.create_optimizer, config, 6)
+  model = steps.create_model(config, num_classes=3)
+  optimizer = functools.partial(steps.create_optimizer, config, 6)
   batch = jax.random.normal(jax.random.key(0), (10, 12, 12, 3))
   labels = jnp.arange(10) % 3
   lr = jnp.float32(1e-2)
-  state = train.initialize(batch, jax.random.key(1), jnp.float32(1.0), lr, model=model,
+  state = steps.initialize(batch, jax.random.key(1), jnp.float32(1.0), lr, model=model,
                            optimizer=optimizer, ema=True)
-  step = functools.partial(train.train_step, model=model, optimizer=optimizer,
+  step = functools.partial(steps.train_step, model=model, optimizer=optimizer,
                            augment_flip=False, augment_max_translation=0, ema_decay=decay)
   params = [state.params]
   for i in range(3):
@@ -39,6 +39,7 @@ def test_the_average_follows_its_formula_step_by_step(image_folder):
                          jax.tree.leaves(state.params)[0])
 
 
+@pytest.mark.slow  # a whole training run
 def test_both_test_errors_are_logged(image_folder, tmp_path):
   config = tiny_config(image_folder, "wn")
   config.ema_decay = 0.9
@@ -58,4 +59,4 @@ def test_off_by_default_and_bad_decay_is_refused(image_folder):
   assert config.ema_decay == 0.0
   config.ema_decay = 1.0
   with pytest.raises(ValueError, match=r"ema_decay must lie in \[0, 1\) \(0 = off\), got 1.0"):
-    train.validate_config(config, num_devices=1)
+    config_checks.validate_config(config, num_devices=1)

@@ -120,6 +120,7 @@ def test_a_finished_run_is_not_launched_again(monkeypatch, tmp_path):
       tmp_path / "wn_lr0.001_s0")
 
 
+@pytest.mark.slow  # end-to-end CLI runs
 def test_launch_trains_the_named_variant_with_its_lr_and_seed(tmp_path, image_folder):
   shrink = ["--config.data.source=folder", f"--config.data.folder={image_folder}",
             "--config.model.width=4", "--config.num_epochs=1",

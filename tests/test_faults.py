@@ -16,7 +16,8 @@ import pytest
 from conftest import REPO_ROOT, tiny_config
 
 from configs import cifar
-from wn_jax import train
+from wn_jax import records, steps, train
+from wn_jax.data import sources
 
 
 def _loader_that_must_not_run(config):
@@ -32,6 +33,7 @@ def _restore(workdir, step):
   return ocp.StandardCheckpointer().restore(path)
 
 
+@pytest.mark.slow  # fault: a whole training run
 def test_huge_learning_rate_stops_with_a_clear_message(image_folder, tmp_path):
   config = tiny_config(image_folder, "normal")
   config.optimizer.learning_rate = 1e12
@@ -41,8 +43,9 @@ def test_huge_learning_rate_stops_with_a_clear_message(image_folder, tmp_path):
     train.train_and_evaluate(config, str(tmp_path))
 
 
+@pytest.mark.slow  # fault: two training runs
 def test_non_finite_loss_keeps_the_last_good_checkpoint(image_folder, tmp_path, monkeypatch):
-  real_step = train.train_step
+  real_step = steps.train_step
 
   def step_that_diverges_at_step_8(state, *args, **kwargs):
     new_state, metrics = real_step(state, *args, **kwargs)
@@ -52,7 +55,7 @@ def test_non_finite_loss_keeps_the_last_good_checkpoint(image_folder, tmp_path, 
         lambda p: jnp.where(bad, jnp.nan, p), new_state.params))
     return new_state, metrics
 
-  monkeypatch.setattr(train, "train_step", step_that_diverges_at_step_8)
+  monkeypatch.setattr(steps, "train_step", step_that_diverges_at_step_8)
   config = tiny_config(image_folder, "wn")
   config.num_epochs = 3
   config.optimizer.anneal_start_epoch = 2
@@ -63,7 +66,7 @@ def test_non_finite_loss_keeps_the_last_good_checkpoint(image_folder, tmp_path, 
   restored = _restore(tmp_path, 6)
   assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(restored))
   # Resuming (without the fault) continues from that checkpoint.
-  monkeypatch.setattr(train, "train_step", real_step)
+  monkeypatch.setattr(steps, "train_step", real_step)
   state = train.train_and_evaluate(config, str(tmp_path))
   assert int(state.step) == 18
 
@@ -124,6 +127,7 @@ def _records(workdir):
              if k not in ("epoch_time_s", "images_per_s")} for line in f]
 
 
+@pytest.mark.slow  # kill: CLI runs
 def test_sigkill_at_any_moment_resumes_from_the_newest_complete_checkpoint(
     image_folder, tmp_path):
   reference = tmp_path / "reference"
@@ -166,7 +170,7 @@ def test_sigkill_at_any_moment_resumes_from_the_newest_complete_checkpoint(
 def test_unwritable_workdir_fails_before_training(image_folder, tmp_path, monkeypatch):
   blocker = tmp_path / "a_file"
   blocker.write_text("not a directory")
-  monkeypatch.setattr(train.input_pipeline, "load_dataset", _loader_that_must_not_run)
+  monkeypatch.setattr(sources, "load_dataset", _loader_that_must_not_run)
   with pytest.raises(OSError, match="is not writable.*another --workdir"):
     train.train_and_evaluate(tiny_config(image_folder), str(blocker / "workdir"))
 
@@ -174,7 +178,7 @@ def test_unwritable_workdir_fails_before_training(image_folder, tmp_path, monkey
 def test_full_disk_fails_before_training(image_folder, tmp_path, monkeypatch,
                                         model_compilations):
   usage = shutil.disk_usage(tmp_path)
-  monkeypatch.setattr(train.shutil, "disk_usage",
+  monkeypatch.setattr(records.shutil, "disk_usage",
                       lambda path: usage._replace(free=1024))
   with pytest.raises(OSError, match="MiB free under .* free disk space"):
     train.train_and_evaluate(tiny_config(image_folder), str(tmp_path))

@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 
 import wn_jax
-from wn_jax import folding, layers, models
+from wn_jax import folding, models
+from wn_jax.layers import wn_layers
+from wn_jax.layers.parameterization import FOLDED
 
 PARAMETERIZATIONS = ("normal", "wn", "bn", "mobn", "wn_mobn")
 
@@ -42,7 +44,7 @@ def test_folded_model_has_the_same_eval_logits(parameterization):
   assert set(folded) == {"params"}
   layer = folded["params"]["NormalizedConv_0"]["linear"]
   assert set(layer) == {"kernel", "bias"}
-  assert folded_model.parameterization == layers.FOLDED
+  assert folded_model.parameterization == FOLDED
   np.testing.assert_allclose(folded_model.apply(folded, x, train=False), expected,
                              rtol=1e-5, atol=1e-5)
 
@@ -76,4 +78,4 @@ def test_fold_rejects_what_it_cannot_fold():
   with pytest.raises(ValueError, match="already folded"):
     wn_jax.fold(folded_model, folded)
   with pytest.raises(TypeError, match="parameterization"):
-    wn_jax.fold(layers.WNDense(3), {"params": {}})
+    wn_jax.fold(wn_layers.WNDense(3), {"params": {}})

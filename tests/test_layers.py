@@ -12,7 +12,8 @@ import pytest
 from flax import linen as nn
 from jax import lax
 
-from wn_jax import layers
+from wn_jax.layers import batch_norm, wn_layers
+from wn_jax.layers.parameterization import PARAMETERIZATIONS, NormalizedConv, NormalizedDense
 
 RTOL = 1e-5
 ATOL = 1e-5
@@ -38,7 +39,7 @@ def _w(params):
 
 def test_wn_dense_matches_direct_computation():
   x = jax.random.normal(jax.random.key(0), (7, 5))
-  layer = layers.WNDense(3)
+  layer = wn_layers.WNDense(3)
   variables = _randomize(layer.init(jax.random.key(1), x), jax.random.key(2))
   p = variables["params"]
   expected = x @ _w(p) + p["b"]
@@ -50,7 +51,7 @@ def test_wn_dense_matches_direct_computation():
 @pytest.mark.parametrize("weight_grad", ["xla", "per_tap"])
 def test_wn_conv_matches_direct_computation(padding, strides, weight_grad):
   x = jax.random.normal(jax.random.key(0), (2, 9, 8, 3))
-  layer = layers.WNConv(4, (3, 3), strides=strides, padding=padding,
+  layer = wn_layers.WNConv(4, (3, 3), strides=strides, padding=padding,
                         conv_weight_grad=weight_grad)
   variables = _randomize(layer.init(jax.random.key(1), x), jax.random.key(2))
   p = variables["params"]
@@ -63,7 +64,7 @@ def test_wn_conv_matches_direct_computation(padding, strides, weight_grad):
 @pytest.mark.parametrize("strides", [(1, 1), (2, 2)])
 def test_wn_conv_transpose_matches_flax_conv_transpose(padding, strides):
   x = jax.random.normal(jax.random.key(0), (2, 5, 6, 3))
-  layer = layers.WNConvTranspose(4, (3, 3), strides=strides, padding=padding)
+  layer = wn_layers.WNConvTranspose(4, (3, 3), strides=strides, padding=padding)
   variables = _randomize(layer.init(jax.random.key(1), x), jax.random.key(2))
   p = variables["params"]
   expected_lax = lax.conv_transpose(
@@ -77,7 +78,7 @@ def test_wn_conv_transpose_matches_flax_conv_transpose(padding, strides):
 
 def test_parameter_shapes_and_layout():
   x = jnp.ones((2, 8, 8, 3))
-  p = layers.WNConv(5, (3, 2)).init(jax.random.key(0), x + jax.random.normal(
+  p = wn_layers.WNConv(5, (3, 2)).init(jax.random.key(0), x + jax.random.normal(
       jax.random.key(1), x.shape))["params"]
   assert p["v"].shape == (3, 2, 3, 5)
   assert p["g"].shape == p["b"].shape == (5,)
@@ -101,14 +102,14 @@ class _DeepNet(nn.Module):
       self.sow("intermediates", "preactivations", y)
       return y
 
-    x = nn.relu(linear(layers.NormalizedConv, 8, (3, 3)))
+    x = nn.relu(linear(NormalizedConv, 8, (3, 3)))
     x = nn.max_pool(x, (2, 2), (2, 2))
-    x = nn.elu(linear(layers.NormalizedConv, 12, (3, 3), padding="VALID"))
-    x = jnp.tanh(linear(layers.NormalizedConv, 10, (3, 3), strides=(2, 2)))
-    x = nn.relu(linear(layers.NormalizedConv, 6, (1, 1)))
+    x = nn.elu(linear(NormalizedConv, 12, (3, 3), padding="VALID"))
+    x = jnp.tanh(linear(NormalizedConv, 10, (3, 3), strides=(2, 2)))
+    x = nn.relu(linear(NormalizedConv, 6, (1, 1)))
     x = x.reshape(x.shape[0], -1)
-    x = nn.relu(linear(layers.NormalizedDense, 10))
-    return linear(layers.NormalizedDense, 4)
+    x = nn.relu(linear(NormalizedDense, 10))
+    return linear(NormalizedDense, 4)
 
 
 @pytest.mark.parametrize("parameterization, init_scale", [
@@ -137,7 +138,7 @@ def test_data_dependent_init_standardises_every_layer(parameterization, init_sca
 
 def test_init_statistics_are_those_of_the_formula():
   x = 3.0 + 2.0 * jax.random.normal(jax.random.key(0), (50, 6))
-  layer = layers.WNDense(4, init_scale=0.7)
+  layer = wn_layers.WNDense(4, init_scale=0.7)
   p = layer.init(jax.random.key(1), x)["params"]
   v = p["v"]
   t = x @ (v / jnp.linalg.norm(v, axis=0))
@@ -149,7 +150,7 @@ def test_init_statistics_are_those_of_the_formula():
 
 def test_non_data_dependent_init_starts_at_w_equals_v():
   x = 3.0 + jax.random.normal(jax.random.key(0), (10, 6))
-  p = layers.WNDense(4, data_init=False).init(jax.random.key(1), x)["params"]
+  p = wn_layers.WNDense(4, data_init=False).init(jax.random.key(1), x)["params"]
   np.testing.assert_allclose(_w(p), p["v"], rtol=1e-6)
   np.testing.assert_array_equal(p["b"], 0.0)
 
@@ -159,7 +160,7 @@ def test_non_data_dependent_init_starts_at_w_equals_v():
 def test_gradients_match_paper_equation_3():
   x = jax.random.normal(jax.random.key(0), (2, 6, 6, 3))
   target = jax.random.normal(jax.random.key(1), (2, 6, 6, 5))
-  layer = layers.WNConv(5, (3, 3))
+  layer = wn_layers.WNConv(5, (3, 3))
   p = _randomize(layer.init(jax.random.key(2), x), jax.random.key(3))["params"]
 
   def loss_wn(p):
@@ -197,8 +198,8 @@ def test_norm_of_v_grows_under_sgd():
   class MLP(nn.Module):
     @nn.compact
     def __call__(self, x):
-      x = nn.tanh(layers.WNDense(16)(x))
-      return layers.WNDense(1)(x)
+      x = nn.tanh(wn_layers.WNDense(16)(x))
+      return wn_layers.WNDense(1)(x)
 
   model = MLP()
   params = model.init(key_init, x)["params"]
@@ -223,7 +224,7 @@ def test_norm_of_v_grows_under_sgd():
 
 def test_output_invariant_to_scaling_v():
   x = jax.random.normal(jax.random.key(0), (2, 7, 7, 3))
-  layer = layers.WNConv(4, (3, 3))
+  layer = wn_layers.WNConv(4, (3, 3))
   variables = _randomize(layer.init(jax.random.key(1), x), jax.random.key(2))
   scaled = jax.tree.map(lambda a: a, variables)
   scaled["params"]["v"] = variables["params"]["v"] * 37.5
@@ -236,7 +237,7 @@ def test_output_invariant_to_scaling_v():
 
 def test_conv_transpose_g_per_output_channel():
   x = jax.random.normal(jax.random.key(0), (2, 4, 4, 3))
-  p = layers.WNConvTranspose(7, (3, 3), strides=(2, 2)).init(jax.random.key(1), x)["params"]
+  p = wn_layers.WNConvTranspose(7, (3, 3), strides=(2, 2)).init(jax.random.key(1), x)["params"]
   assert p["v"].shape == (3, 3, 3, 7)
   assert p["g"].shape == (7,) and p["b"].shape == (7,)
 
@@ -244,7 +245,7 @@ def test_conv_transpose_g_per_output_channel():
 @pytest.mark.parametrize("padding", ["SAME", "VALID"])
 def test_conv_transpose_data_init_standardises_output(padding):
   x = 5.0 + 7.0 * jax.random.normal(jax.random.key(0), (16, 5, 6, 3))
-  layer = layers.WNConvTranspose(7, (3, 3), strides=(2, 2), padding=padding,
+  layer = wn_layers.WNConvTranspose(7, (3, 3), strides=(2, 2), padding=padding,
                                  init_scale=0.4)
   variables = layer.init(jax.random.key(1), x)
   y = layer.apply(variables, x)
@@ -257,10 +258,10 @@ def test_conv_transpose_data_init_standardises_output(padding):
 #    border pixels see zeros), variance 0, and the epsilon alone keeps the
 #    scale finite: g = init_scale / sqrt(epsilon), b = -t g.
 
-@pytest.mark.parametrize("parameterization", layers.PARAMETERIZATIONS)
+@pytest.mark.parametrize("parameterization", PARAMETERIZATIONS)
 def test_constant_init_batch_gives_finite_parameters(parameterization):
   x = jnp.full((4, 6, 6, 3), 2.0)
-  layer = layers.NormalizedConv(5, (3, 3), padding="VALID", init_scale=0.5,
+  layer = NormalizedConv(5, (3, 3), padding="VALID", init_scale=0.5,
                                 parameterization=parameterization)
   variables = layer.init(jax.random.key(0), x, train=True)
   for leaf in jax.tree.leaves(variables):
@@ -284,7 +285,7 @@ def test_constant_init_batch_gives_finite_parameters(parameterization):
 
 def test_mean_only_batch_norm_train_and_eval():
   x = 3.0 + 2.0 * jax.random.normal(jax.random.key(0), (8, 5, 5, 4))
-  bn = layers.MeanOnlyBatchNorm(momentum=0.9)
+  bn = batch_norm.MeanOnlyBatchNorm(momentum=0.9)
   variables = bn.init(jax.random.key(1), x, use_running_average=False)
   np.testing.assert_array_equal(variables["batch_stats"]["mean"], 0.0)  # not updated by init
   variables = {**variables, "params": {"b": jnp.arange(4.0)}}
@@ -306,7 +307,7 @@ def test_mean_only_batch_norm_train_and_eval():
 
 def test_batch_norm_follows_authors_code():
   x = 1.0 + 3.0 * jax.random.normal(jax.random.key(0), (10, 3, 3, 2))
-  bn = layers.BatchNorm()
+  bn = batch_norm.BatchNorm()
   variables = bn.init(jax.random.key(1), x, use_running_average=False)
   y, updates = bn.apply(variables, x, use_running_average=False, mutable=["batch_stats"])
   mean, var = jnp.mean(x, (0, 1, 2)), jnp.var(x, (0, 1, 2))
@@ -322,7 +323,7 @@ def test_batch_norm_eval_uses_the_running_statistics():
   out in numpy (a large epsilon, so that dropping it would show)."""
   rng = np.random.default_rng(0)
   x = (1.0 + 3.0 * rng.standard_normal((10, 3, 3, 2))).astype(np.float32)
-  bn = layers.BatchNorm(epsilon=0.5)
+  bn = batch_norm.BatchNorm(epsilon=0.5)
   variables = bn.init(jax.random.key(1), x, use_running_average=False)
   variables["params"] = {"scale": jnp.array([2.0, -0.5]), "b": jnp.array([0.25, 1.0])}
   _, updates = bn.apply(variables, x, use_running_average=False, mutable=["batch_stats"])
@@ -355,18 +356,19 @@ def test_parameterization_switch_builds_each_and_rejects_unknown():
       "wn_mobn": {"linear": {"v", "g"}, "norm": {"b"}},
   }
   for name, expected in expected_params.items():
-    variables = layers.NormalizedConv(4, (3, 3), parameterization=name).init(
+    variables = NormalizedConv(4, (3, 3), parameterization=name).init(
         jax.random.key(1), x, train=True)
     assert {k: set(v) for k, v in variables["params"].items()} == expected, name
     # normal and mobn carry the frozen data-initialised scale outside 'params'.
     assert ("frozen" in variables) == (name in ("normal", "mobn")), name
   with pytest.raises(ValueError, match="valid ones are normal, wn, bn, mobn, wn_mobn"):
-    layers.NormalizedConv(4, (3, 3), parameterization="weightnorm").init(
+    NormalizedConv(4, (3, 3), parameterization="weightnorm").init(
         jax.random.key(1), x, train=True)
 
 
 # 8. Init with the batch sharded over 8 devices equals init on one device.
 
+@pytest.mark.slow  # 8 devices, in a subprocess
 def test_init_sharded_over_8_devices_matches_one_device():
   script = textwrap.dedent("""
       import jax, jax.numpy as jnp, numpy as np

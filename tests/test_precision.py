@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import pytest
 from conftest import tiny_config
 
-from wn_jax import train
+from wn_jax import config_checks, train
 
 
 @pytest.mark.parametrize("precision", ["default", "highest"])
@@ -29,4 +29,4 @@ def test_unknown_precision_is_refused(image_folder):
   config.matmul_precision = "float64"
   with pytest.raises(ValueError, match=r"matmul_precision must be one of \('default', "
                                        r"'high', 'highest'\), got 'float64'"):
-    train.validate_config(config, num_devices=1)
+    config_checks.validate_config(config, num_devices=1)

@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from wn_jax import input_pipeline, reencode
+from wn_jax import reencode
+from wn_jax.data import cifar10
+from wn_jax.data.folder import load_folder
 
 SIZE = 16
 
@@ -38,8 +40,8 @@ def test_writes_the_folder_layout_and_reports_the_true_difference(tmp_path):
   differences = reencode.reencode(src, dst, reencode.Encoding("jpeg", 50, "4:2:0"))
 
   for split in ("train", "test"):
-    original, labels, classes = input_pipeline.load_folder(src, split)
-    copy, copy_labels, copy_classes = input_pipeline.load_folder(dst, split)
+    original, labels, classes = load_folder(src, split)
+    copy, copy_labels, copy_classes = load_folder(dst, split)
     assert copy_classes == classes and (copy_labels == labels).all()
     assert sorted(os.listdir(os.path.join(dst, split, "cat"))) == ["0000.jpg", "0001.jpg",
                                                                      "0002.jpg"]
@@ -92,8 +94,8 @@ def test_png_export_of_cifar10_pickles_is_lossless(tmp_path):
   assert differences["train"].mean_abs == 0 and differences["train"].psnr_db == np.inf
 
   for split in ("train", "test"):
-    images, labels, class_names = input_pipeline.load_cifar10(folder, split)
-    copy, copy_labels, copy_classes = input_pipeline.load_folder(dst, split)
+    images, labels, class_names = cifar10.load_cifar10(folder, split)
+    copy, copy_labels, copy_classes = load_folder(dst, split)
     # The folder orders by class, then file name (numbered in file order).
     order = np.argsort(labels, kind="stable")
     used = sorted(set(CLASS_NAMES[label] for label in labels))

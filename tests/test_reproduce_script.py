@@ -85,6 +85,7 @@ def test_bad_run_names_are_refused_before_anything_starts(runs, message, tmp_pat
   assert not (tmp_path / "work").exists()
 
 
+@pytest.mark.slow  # end-to-end script run
 def test_jpegcopy_runs_train_on_the_jpeg_folder(image_folder, tmp_path):
   name = "wn_lr0.001_s0_jpegcopy"
   result = _run_script([tmp_path / "out", name], tmp_path, CIFAR10_DIR=str(tmp_path / "none"),
@@ -95,6 +96,7 @@ def test_jpegcopy_runs_train_on_the_jpeg_folder(image_folder, tmp_path):
   assert config["data"]["folder"] == image_folder
 
 
+@pytest.mark.slow  # end-to-end script run on 32x32 images (a 3072-dim ZCA)
 def test_staged_parts_are_joined_checked_and_trained_on_with_the_named_overrides(
     cifar10_parts, tmp_path):
   parts, sha256 = cifar10_parts

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from conftest import REPO_ROOT, make_image_folder, tiny_config
 
-from wn_jax import train
+from wn_jax import steps, train
 
 # Trains each (config, workdir, output) of a JSON list in this fresh process
 # (one process, so imports happen once) and saves the final variables.
@@ -89,6 +89,7 @@ def eight_device_runs(unclipped_folder, tmp_path_factory):
   return {**runs, "_root": root}
 
 
+@pytest.mark.slow  # 8 devices, in a subprocess
 @pytest.mark.parametrize("parameterization", EIGHT_DEVICE_PARAMETERIZATIONS)
 def test_eight_devices_match_one_device(parameterization, unclipped_folder, eight_device_runs,
                                         tmp_path):
@@ -141,6 +142,7 @@ def _read_records(workdir):
     return [json.loads(line) for line in f]
 
 
+@pytest.mark.slow  # multi-process
 def test_two_hosts_match_one_host(unclipped_folder, tmp_path):
   """Two processes on 127.0.0.1 (2 CPU devices each) form a 4-device cluster.
 
@@ -219,6 +221,7 @@ def _sub_eqns(jaxpr):
         yield from _sub_eqns(inner)
 
 
+@pytest.mark.slow  # a whole training run
 def test_bfloat16_trains(image_folder, tmp_path):
   config = tiny_config(image_folder, "wn")
   config.model.dtype = "bfloat16"
@@ -232,7 +235,7 @@ def test_bfloat16_trains(image_folder, tmp_path):
   # Parameters and running statistics stay float32 ...
   assert {x.dtype.name for x in jax.tree.leaves((state.params, state.model_state))} == {"float32"}
   # ... while every convolution runs in bfloat16.
-  model = train.create_model(config, num_classes=3)
+  model = steps.create_model(config, num_classes=3)
   variables = {"params": state.params, **state.model_state}
   jaxpr = jax.make_jaxpr(lambda v, x: model.apply(v, x, train=False))(
       variables, np.zeros((2, 12, 12, 3), np.float32))

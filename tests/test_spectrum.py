@@ -5,7 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from wn_jax import input_pipeline, spectrum
+from wn_jax import spectrum
+from wn_jax.data import zca
 
 # (1/128)^2 / 12: uint8 rounding after (x - 127.5)/128, written out here.
 ROUNDING = (1.0 / 128.0) ** 2 / 12.0
@@ -44,11 +45,11 @@ def test_spectrum_equals_numpy_svd_of_the_centred_data(synthetic):
 
 def test_regularization_effect_matches_the_whitened_data(synthetic):
   images, _ = synthetic
-  rows = input_pipeline.zca_input(images)
-  eigenvalues = input_pipeline.covariance_spectrum(rows).eigenvalues
+  rows = zca.zca_input(images)
+  eigenvalues = zca.covariance_spectrum(rows).eigenvalues
   for reg in (1e-5, 1e-3):
     effect = spectrum.regularization_effect(eigenvalues, reg)
-    whitened = input_pipeline.apply_zca(input_pipeline.fit_zca(rows, reg), rows).astype(np.float64)
+    whitened = zca.apply_zca(zca.fit_zca(rows, reg), rows).astype(np.float64)
     # Total variance of the actually whitened data, and the part of it in the
     # eigen-directions with S < reg, measured on the data.
     assert effect.whitened_variance == pytest.approx(whitened.var(axis=0).sum(), rel=1e-4)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from conftest import REPO_ROOT, make_image_folder, tiny_config
 
-from wn_jax import sweep, train
+from wn_jax import config_checks, sweep, train
 
 
 def _one_epoch(config):
@@ -160,6 +160,7 @@ def _records(directory):
 FLOAT32_ERROR_FACTOR = 4
 
 
+@pytest.mark.slow  # a sweep and each member alone
 @pytest.mark.parametrize("parameterization, member_loop", [
     ("wn", "vmap"), ("wn", "unroll"), ("bn", "vmap"), ("wn_mobn", "vmap")])
 def test_a_member_equals_the_run_trained_alone(parameterization, member_loop, image_folder,
@@ -216,6 +217,7 @@ def test_a_member_equals_the_run_trained_alone(parameterization, member_loop, im
         np.testing.assert_allclose(a[key], b[key], rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow  # two training runs
 def test_a_sweep_of_one_equals_the_plain_run(image_folder, tmp_path, tmp_path_factory):
   config = _one_epoch(tiny_config(image_folder, "wn"))
   config.sweep.seed = (0,)
@@ -225,6 +227,7 @@ def test_a_sweep_of_one_equals_the_plain_run(image_folder, tmp_path, tmp_path_fa
   assert os.path.exists(tmp_path / "sweep" / "wn_lr0.001_s0" / "metrics.jsonl")
 
 
+@pytest.mark.slow  # training runs
 def test_members_may_differ_in_data_init(image_folder, tmp_path, tmp_path_factory):
   config = _one_epoch(tiny_config(image_folder, "wn"))
   config.sweep.data_init = (True, False)
@@ -243,6 +246,7 @@ def test_members_may_differ_in_data_init(image_folder, tmp_path, tmp_path_factor
     train.train_and_evaluate(mixed, str(tmp_path / "normal"))
 
 
+@pytest.mark.slow  # three training runs
 def test_resumed_sweep_equals_uninterrupted(image_folder, tmp_path):
   config = tiny_config(image_folder, "wn_mobn")
   config.sweep.learning_rate = (1e-3, 2e-3)
@@ -261,6 +265,7 @@ def test_resumed_sweep_equals_uninterrupted(image_folder, tmp_path):
             [r["step"] for r in _records(tmp_path / "a" / name)])
 
 
+@pytest.mark.slow  # a whole training run
 def test_a_diverging_member_is_stopped_and_the_others_train_on(image_folder, tmp_path,
                                                                tmp_path_factory):
   config = _one_epoch(tiny_config(image_folder, "normal"))
@@ -288,7 +293,7 @@ def test_bad_sweep_values_fail_clearly(key, value, message, image_folder):
   config = tiny_config(image_folder)
   config.sweep[key] = value
   with pytest.raises(ValueError, match=message):
-    train.validate_config(config, num_devices=1)
+    config_checks.validate_config(config, num_devices=1)
 
 
 def test_sweep_lists_of_different_lengths_or_twins_fail(image_folder):
@@ -297,10 +302,10 @@ def test_sweep_lists_of_different_lengths_or_twins_fail(image_folder):
   config.sweep.learning_rate = (1e-3, 3e-3)
   with pytest.raises(ValueError, match=r"sweep.seed has 3, config.sweep.learning_rate "
                                        r"has 2 values.*same length"):
-    train.validate_config(config, num_devices=1)
+    config_checks.validate_config(config, num_devices=1)
   config.sweep.seed, config.sweep.learning_rate = (0, 0), ()
   with pytest.raises(ValueError, match=r"identical members \['wn_lr0.001_s0'\]"):
-    train.validate_config(config, num_devices=1)
+    config_checks.validate_config(config, num_devices=1)
 
 
 def test_member_names_match_the_launcher():
@@ -323,6 +328,7 @@ _DRIVER = textwrap.dedent("""
 """).format(repo=REPO_ROOT)
 
 
+@pytest.mark.slow  # 8 devices, in a subprocess
 def test_members_by_data_mesh_on_eight_devices_matches_one_device(tmp_path_factory, tmp_path):
   # Unclipped: no max-pool ties, whose winner depends on rounding (see test_scaling).
   folder = make_image_folder(tmp_path_factory.mktemp("unclipped") / "images",

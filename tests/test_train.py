@@ -13,7 +13,9 @@ import pytest
 from conftest import MODEL_FUNCTIONS, REPO_ROOT, tiny_config
 
 from configs import cifar
-from wn_jax import input_pipeline, layers, train
+from wn_jax import config_checks, steps, train
+from wn_jax.data import sources, zca
+from wn_jax.layers.parameterization import PARAMETERIZATIONS
 
 
 def _read_metrics(workdir):
@@ -76,7 +78,9 @@ def _eval_forward(params, model_state, x):
   return layer("NormalizedDense_0", x.mean(axis=(1, 2)))
 
 
-@pytest.mark.parametrize("parameterization", layers.PARAMETERIZATIONS)
+# The fast tier trains `wn` (the daily loop's one training run); the others are slow.
+@pytest.mark.parametrize("parameterization", [
+    p if p == "wn" else pytest.param(p, marks=pytest.mark.slow) for p in PARAMETERIZATIONS])
 def test_every_parameterization_trains(parameterization, image_folder, tmp_path,
                                        model_compilations):
   config = tiny_config(image_folder, parameterization)
@@ -108,8 +112,8 @@ def test_every_parameterization_trains(parameterization, image_folder, tmp_path,
       assert np.all(layer_stats["norm"]["var"] != 1.0), name
   # ... and the last evaluation is that of the final state with them: the
   # test error and loss of a forward pass written out independently.
-  dataset = input_pipeline.load_dataset(config.data)
-  _, test_x = input_pipeline.whiten_dataset(dataset, config.data.zca_regularization)
+  dataset = sources.load_dataset(config.data)
+  _, test_x = zca.whiten_dataset(dataset, config.data.zca_regularization)
   logits = _eval_forward(state.params, state.model_state, test_x)
   labels = dataset.test_labels
   log_probs = logits - logits.max(-1, keepdims=True)
@@ -119,6 +123,7 @@ def test_every_parameterization_trains(parameterization, image_folder, tmp_path,
       epochs[-1]["test_loss"], -np.mean(log_probs[np.arange(len(labels)), labels]), rtol=1e-4)
 
 
+@pytest.mark.slow  # a longer training run
 def test_loss_drops_on_memorisable_subset(image_folder, tmp_path):
   config = tiny_config(image_folder, "wn")
   config.num_epochs = 30
@@ -150,7 +155,7 @@ def test_train_subset_and_eval_every_epochs(image_folder, tmp_path):
 def test_learning_rate_and_b1_follow_the_recipe():
   config = cifar.get_config()
   steps_per_epoch = 500
-  learning_rate, b1 = train.learning_rate_and_b1(config, steps_per_epoch)
+  learning_rate, b1 = steps.learning_rate_and_b1(config, steps_per_epoch)
   # Authors' code: lr * min(2 - epoch/100, 1); beta1 0.9 then 0.5 from epoch 100.
   for epoch in (0, 99, 100, 150, 199):
     for step in (epoch * steps_per_epoch, (epoch + 1) * steps_per_epoch - 1):
@@ -158,7 +163,7 @@ def test_learning_rate_and_b1_follow_the_recipe():
                                  rtol=1e-6)
       assert float(b1(step)) == pytest.approx(0.9 if epoch < 100 else 0.5)
   # Through the optimizer itself: the injected hyperparameters at each step.
-  tx = train.create_optimizer(config, steps_per_epoch=2)
+  tx = steps.create_optimizer(config, steps_per_epoch=2)
   params = {"w": jnp.ones(3)}
   opt_state = tx.init(params)
   seen = {}
@@ -178,7 +183,7 @@ def test_learning_rate_and_b1_anneal_from_any_epoch():
   config.num_epochs = 10
   config.optimizer.anneal_start_epoch = 3
   steps_per_epoch = 4
-  learning_rate, b1 = train.learning_rate_and_b1(config, steps_per_epoch)
+  learning_rate, b1 = steps.learning_rate_and_b1(config, steps_per_epoch)
   expected = {0: (1e-3, 0.9), 2: (1e-3, 0.9), 3: (1e-3, 0.5), 4: (6e-3 / 7, 0.5),
               9: (1e-3 / 7, 0.5)}
   for epoch, (lr, beta1) in expected.items():
@@ -186,7 +191,7 @@ def test_learning_rate_and_b1_anneal_from_any_epoch():
       np.testing.assert_allclose(learning_rate(step), lr, rtol=1e-6, err_msg=str(epoch))
       np.testing.assert_allclose(b1(step), beta1, rtol=1e-6, err_msg=str(epoch))
   # The optimizer sees the same values.
-  tx = train.create_optimizer(config, steps_per_epoch)
+  tx = steps.create_optimizer(config, steps_per_epoch)
   params = {"w": jnp.ones(3)}
   opt_state = tx.init(params)
   seen = {}
@@ -200,7 +205,7 @@ def test_learning_rate_and_b1_anneal_from_any_epoch():
 
 def test_adam_has_epsilon_inside_the_square_root():
   config = cifar.get_config()
-  tx = train.create_optimizer(config, steps_per_epoch=10)
+  tx = steps.create_optimizer(config, steps_per_epoch=10)
   grad = jnp.array([1e-5, 1.0])
   params = jnp.zeros(2)
   updates, _ = tx.update(grad, tx.init(params), params)
@@ -223,6 +228,7 @@ def test_config_defaults_match_the_paper_recipe():
   assert cifar.get_config("wn_mobn,quick").model.parameterization == "wn_mobn"
 
 
+@pytest.mark.slow  # three training runs
 def test_resume_equals_uninterrupted_run(image_folder, tmp_path):
   config = tiny_config(image_folder, "wn_mobn")
   uninterrupted = train.train_and_evaluate(config, str(tmp_path / "a"))
@@ -250,6 +256,7 @@ def test_resume_equals_uninterrupted_run(image_folder, tmp_path):
       r["step"] for r in _read_metrics(tmp_path / "a")]
 
 
+@pytest.mark.slow  # a whole training run
 def test_refuses_to_resume_with_a_different_config(image_folder, tmp_path, monkeypatch):
   config = tiny_config(image_folder, "wn")
   config.num_epochs = 1
@@ -258,7 +265,7 @@ def test_refuses_to_resume_with_a_different_config(image_folder, tmp_path, monke
   other = tiny_config(image_folder, "bn")
   other.num_epochs = 1
   other.optimizer.anneal_start_epoch = 1
-  monkeypatch.setattr(train.input_pipeline, "load_dataset", _loader_that_must_not_run)
+  monkeypatch.setattr(sources, "load_dataset", _loader_that_must_not_run)
   with pytest.raises(ValueError, match=re.escape(
       f"Workdir {tmp_path} holds checkpoints of a different config (model.parameterization: "
       "saved 'wn', now 'bn'). Refusing to resume: use a new --workdir, or the saved config.")):
@@ -286,7 +293,7 @@ def test_bad_config_fails_before_loading_data_or_compiling(
   config = tiny_config(image_folder)
   section, _, name = key.rpartition(".")
   setattr(config[section] if section else config, name, value)
-  monkeypatch.setattr(train.input_pipeline, "load_dataset", _loader_that_must_not_run)
+  monkeypatch.setattr(sources, "load_dataset", _loader_that_must_not_run)
   with pytest.raises(ValueError, match=re.escape(message)):
     train.train_and_evaluate(config, str(tmp_path))
   assert not model_compilations
@@ -294,7 +301,7 @@ def test_bad_config_fails_before_loading_data_or_compiling(
 
 def test_batch_not_divisible_by_devices():
   with pytest.raises(ValueError, match="not divisible by the 8 devices"):
-    train.validate_config(cifar.get_config(), num_devices=8)  # 100 % 8
+    config_checks.validate_config(cifar.get_config(), num_devices=8)  # 100 % 8
 
 
 def test_unknown_variant():
@@ -316,6 +323,7 @@ def test_missing_data_folder(tmp_path, model_compilations):
   assert not model_compilations
 
 
+@pytest.mark.slow  # end-to-end CLI runs
 def test_cli_trains_and_resumes(image_folder, tmp_path):
   workdir = tmp_path / "cli"
   command = [

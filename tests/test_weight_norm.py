@@ -7,7 +7,8 @@ import pytest
 from flax import linen as nn
 
 import wn_jax
-from wn_jax import layers
+from wn_jax.layers import batch_norm, weight_norm
+from wn_jax.layers.data_init import default_v_init
 
 RTOL = ATOL = 1e-5
 
@@ -58,7 +59,7 @@ def _randomize(params, key):
 def test_output_equals_wrapped_layer_with_w(case):
   make_layer, shape, feature_axes = CASES[case]
   x = _input(shape)
-  model = layers.WeightNorm(make_layer())
+  model = weight_norm.WeightNorm(make_layer())
   p = _randomize(model.init(jax.random.key(1), x)["params"], jax.random.key(2))
   w = _w(p["v"], p["g"], feature_axes)
   reference = make_layer().clone(use_bias=False)
@@ -73,7 +74,7 @@ def test_output_equals_wrapped_layer_with_w(case):
 def test_init_standardises_every_unit(case, init_scale):
   make_layer, shape, feature_axes = CASES[case]
   x = _input((64,) + shape[1:])  # mean 5, std 7
-  model = layers.WeightNorm(make_layer(), init_scale=init_scale)
+  model = weight_norm.WeightNorm(make_layer(), init_scale=init_scale)
   variables = model.init(jax.random.key(1), x)
   y = model.apply(variables, x)
   reduce = tuple(range(y.ndim - len(feature_axes)))
@@ -83,7 +84,7 @@ def test_init_standardises_every_unit(case, init_scale):
 
 def test_grouped_conv_one_g_per_output_channel():
   x = _input((4, 8, 8, 6))
-  p = layers.WeightNorm(nn.Conv(9, (3, 3), feature_group_count=3)).init(
+  p = weight_norm.WeightNorm(nn.Conv(9, (3, 3), feature_group_count=3)).init(
       jax.random.key(0), x)["params"]
   assert p["v"].shape == (3, 3, 2, 9)
   assert p["g"].shape == p["b"].shape == (9,)
@@ -93,7 +94,7 @@ def test_user_feature_axes_dense_general():
   """DenseGeneral((2, 3)) with one g per unit of the last axis only."""
   x = _input((16, 5))
   layer = nn.DenseGeneral((2, 3))
-  model = layers.WeightNorm(layer, feature_axes=-1)
+  model = weight_norm.WeightNorm(layer, feature_axes=-1)
   p = _randomize(model.init(jax.random.key(1), x)["params"], jax.random.key(2))
   assert p["v"].shape == (5, 2, 3) and p["g"].shape == (3,)
   w = _w(p["v"], p["g"], (-1,))  # norm over (in, 2) per unit of the 3 axis
@@ -109,7 +110,7 @@ def test_user_feature_axes_dense_general():
 def test_without_data_init_equals_flax_weight_norm(case):
   make_layer, shape, feature_axes = CASES[case]
   x = _input(shape)
-  ours = layers.WeightNorm(make_layer(), data_init=False)
+  ours = weight_norm.WeightNorm(make_layer(), data_init=False)
   p = _randomize(ours.init(jax.random.key(1), x)["params"], jax.random.key(2))
 
   class FlaxWN(nn.Module):
@@ -130,22 +131,22 @@ def test_without_data_init_equals_flax_weight_norm(case):
 
 def test_without_data_init_starts_at_w_equals_v():
   x = _input((8, 5))
-  p = layers.WeightNorm(nn.Dense(3), data_init=False).init(jax.random.key(0), x)["params"]
+  p = weight_norm.WeightNorm(nn.Dense(3), data_init=False).init(jax.random.key(0), x)["params"]
   np.testing.assert_allclose(_w(p["v"], p["g"], (-1,)), p["v"], rtol=1e-6)
   np.testing.assert_array_equal(p["b"], 0.0)
 
 
 def test_v_init_default_is_the_wrapped_layers_kernel_init():
   x = _input((8, 5))
-  ones = layers.WeightNorm(nn.Dense(3, kernel_init=nn.initializers.ones), data_init=False)
+  ones = weight_norm.WeightNorm(nn.Dense(3, kernel_init=nn.initializers.ones), data_init=False)
   np.testing.assert_array_equal(ones.init(jax.random.key(0), x)["params"]["v"], 1.0)
-  paper = layers.WeightNorm(nn.Dense(300), v_init=layers.default_v_init)
+  paper = weight_norm.WeightNorm(nn.Dense(300), v_init=default_v_init)
   v = paper.init(jax.random.key(0), _input((8, 50)))["params"]["v"]
   np.testing.assert_allclose(jnp.std(v), 0.05, rtol=0.05)
 
 
 def test_exported_from_package():
-  assert wn_jax.WeightNorm is layers.WeightNorm
+  assert wn_jax.WeightNorm is weight_norm.WeightNorm
 
 
 # Zero-norm safety.
@@ -159,7 +160,7 @@ def _dead_unit_grads(model, p, x):
 @pytest.mark.parametrize("data_init", [True, False])
 def test_all_zero_unit_of_v_gives_finite_outputs_and_gradients(data_init):
   x = _input((6, 5, 5, 3))
-  model = layers.WeightNorm(nn.Conv(4, (3, 3)), data_init=data_init)
+  model = weight_norm.WeightNorm(nn.Conv(4, (3, 3)), data_init=data_init)
   p = _randomize(model.init(jax.random.key(1), x)["params"], jax.random.key(2))
   p["v"] = p["v"].at[..., 2].set(0.0)  # a pruned unit
   y = model.apply({"params": p}, x)
@@ -185,7 +186,7 @@ def test_zero_v_at_init_and_constant_unit_on_init_batch_are_finite():
     v = v.at[:, 0].set(0.0)                 # unit 0: v all zeros
     return v.at[:, 1].set(0.0).at[0, 1].set(1.0)  # unit 1: sees only feature 0
 
-  model = layers.WeightNorm(nn.Dense(3), v_init=v_init)
+  model = weight_norm.WeightNorm(nn.Dense(3), v_init=v_init)
   variables = model.init(jax.random.key(0), x)
   y = model.apply(variables, x)
   for leaf in jax.tree.leaves(variables) + [y]:
@@ -199,7 +200,7 @@ def test_zero_v_at_init_and_constant_unit_on_init_batch_are_finite():
 def test_norm_epsilon_leaves_ordinary_norms_unchanged():
   v = 0.05 * jax.random.normal(jax.random.key(0), (3, 3, 3, 8))
   exact = np.sqrt(np.sum(np.asarray(v, np.float64) ** 2, axis=(0, 1, 2)))
-  np.testing.assert_allclose(layers.direction_norm(v).ravel(), exact, rtol=1e-6)
+  np.testing.assert_allclose(weight_norm.direction_norm(v).ravel(), exact, rtol=1e-6)
 
 
 def test_torch_weight_norm_gives_nan_for_a_zero_unit():
@@ -219,7 +220,7 @@ def test_torch_weight_norm_gives_nan_for_a_zero_unit():
   g = jnp.linalg.norm(v, axis=0)
   b = jnp.asarray(layer.bias.detach().numpy())
   p = {"v": v, "g": g, "b": b}
-  model = layers.WeightNorm(nn.Dense(3), data_init=False)
+  model = weight_norm.WeightNorm(nn.Dense(3), data_init=False)
   xj = jnp.asarray(x.numpy())
   ours = model.apply({"params": p}, xj)
   assert np.all(np.isfinite(ours))
@@ -235,8 +236,8 @@ class _Two(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    x = nn.relu(layers.WeightNorm(nn.Dense(6), init_order=self.init_order)(x))
-    return layers.WeightNorm(nn.Conv(5, (1,)), init_order=self.init_order, init_scale=0.5)(
+    x = nn.relu(weight_norm.WeightNorm(nn.Dense(6), init_order=self.init_order)(x))
+    return weight_norm.WeightNorm(nn.Conv(5, (1,)), init_order=self.init_order, init_scale=0.5)(
         x[:, None, :])
 
 
@@ -262,7 +263,7 @@ def test_independent_init_takes_statistics_from_the_uninitialised_network():
 
 def test_unknown_init_order_is_an_error():
   with pytest.raises(ValueError, match="init_order 'backward'.*sequential, independent"):
-    layers.WeightNorm(nn.Dense(2), init_order="backward").init(
+    weight_norm.WeightNorm(nn.Dense(2), init_order="backward").init(
         jax.random.key(0), jnp.ones((2, 3)))
 
 
@@ -276,21 +277,21 @@ def test_unknown_layer_needs_feature_axes():
 
   x = _input((8, 3))
   with pytest.raises(ValueError, match="no default feature_axes for Odd"):
-    layers.WeightNorm(Odd()).init(jax.random.key(0), x)
-  y = layers.WeightNorm(Odd(), feature_axes=-1)
+    weight_norm.WeightNorm(Odd()).init(jax.random.key(0), x)
+  y = weight_norm.WeightNorm(Odd(), feature_axes=-1)
   assert y.apply(y.init(jax.random.key(0), x), x).shape == (8, 2)
 
 
 def test_layer_with_other_params_is_an_error():
   with pytest.raises(ValueError, match="only variable"):
-    layers.WeightNorm(nn.LayerNorm(), feature_axes=-1).init(
+    weight_norm.WeightNorm(nn.LayerNorm(), feature_axes=-1).init(
         jax.random.key(0), jnp.ones((2, 3)))
 
 
 def test_einsum_with_features_not_last_is_an_error():
   layer = nn.Einsum((8, 2, 3), "btd,dnh->bnth")
   with pytest.raises(ValueError, match="must end with the feature subscripts"):
-    layers.WeightNorm(layer).init(jax.random.key(0), jnp.ones((2, 5, 8)))
+    weight_norm.WeightNorm(layer).init(jax.random.key(0), jnp.ones((2, 5, 8)))
 
 
 # Weight norm is batch norm for a dense layer on whitened input (paper 2.2).
@@ -304,7 +305,7 @@ def _whitened(key, n, d):
 
 
 def _bn(y, scale, bias):
-  bn = layers.BatchNorm(use_running_average=False, epsilon=0.0)
+  bn = batch_norm.BatchNorm(use_running_average=False, epsilon=0.0)
   variables = {"params": {"scale": scale, "b": bias},
                "batch_stats": {"mean": jnp.zeros_like(scale), "var": jnp.ones_like(scale)}}
   return bn.apply(variables, y, mutable=["batch_stats"])[0]
@@ -312,7 +313,7 @@ def _bn(y, scale, bias):
 
 def test_weight_norm_equals_batch_norm_for_a_dense_layer_on_whitened_input():
   x = _whitened(jax.random.key(0), 64, 8)
-  model = layers.WeightNorm(nn.Dense(5), epsilon=0.0)
+  model = weight_norm.WeightNorm(nn.Dense(5), epsilon=0.0)
   variables = model.init(jax.random.key(1), x)
   v = variables["params"]["v"]
   # After the data init: WN's pre-activation is BN's output (scale 1, bias 0).
@@ -337,7 +338,7 @@ def test_conv_weight_norm_is_batch_norm_only_without_padding_on_whitened_images(
   and WN != BN."""
   images = _whitened(jax.random.key(0), 256, 36).reshape(256, 6, 6, 1)
   for padding, equal in (("VALID", True), ("SAME", False)):
-    model = layers.WeightNorm(nn.Conv(4, (3, 3), padding=padding), epsilon=0.0)
+    model = weight_norm.WeightNorm(nn.Conv(4, (3, 3), padding=padding), epsilon=0.0)
     p = _randomize(model.init(jax.random.key(1), images)["params"], jax.random.key(2))
     y_bn = _bn(nn.Conv(4, (3, 3), padding=padding, use_bias=False).apply(
         {"params": {"kernel": p["v"]}}, images), p["g"], p["b"])
@@ -346,10 +347,11 @@ def test_conv_weight_norm_is_batch_norm_only_without_padding_on_whitened_images(
 
 def test_the_config_init_order_reaches_the_model():
   from configs import cifar
-  from wn_jax import train
+  from wn_jax import config_checks, steps
+
   config = cifar.get_config("wn")
   config.model.init_order = "independent"
-  assert train.create_model(config, num_classes=10).init_order == "independent"
+  assert steps.create_model(config, num_classes=10).init_order == "independent"
   config.model.init_order = "backwards"
   with pytest.raises(ValueError, match="Unknown init_order 'backwards'; valid ones are"):
-    train.validate_config(config, num_devices=1)
+    config_checks.validate_config(config, num_devices=1)

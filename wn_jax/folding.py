@@ -1,10 +1,10 @@
 """Fold a trained model into plain layers for inference and export.
 
 ``folded_model, folded_variables = fold(model, variables)`` turns a model
-written against the parameterization switch (`layers.NormalizedConv` /
-`layers.NormalizedDense`, e.g. `models.CifarNet`) into the same model with
-every such layer a plain nn.Conv / nn.Dense (layer kind
-`layers.FOLDED`), holding one kernel and one bias, that computes the same
+written against the parameterization switch
+(`wn_jax.layers.parameterization.NormalizedConv` / `NormalizedDense`, e.g.
+`models.CifarNet`) into the same model with every such layer a plain
+nn.Conv / nn.Dense (layer kind `FOLDED`), holding one kernel and one bias, that computes the same
 eval-mode function (`train=False`):
 
   wn       w = g v/||v||                     bias = b
@@ -36,7 +36,11 @@ import jax.numpy as jnp
 from flax import linen as nn
 from jax import lax
 
-from wn_jax import layers
+from wn_jax.layers import weight_norm
+from wn_jax.layers.parameterization import (
+  FOLDED,
+  check_parameterization,
+)
 
 Array = jax.Array
 PyTree = Any
@@ -49,12 +53,12 @@ def fold_layer(
     norm_stats: Mapping[str, Array] | None = None,
     frozen_scale: Array | None = None,
     bn_epsilon: float = 1e-6,
-    norm_epsilon: float = layers.NORM_EPSILON,
+    norm_epsilon: float = weight_norm.NORM_EPSILON,
 ) -> dict[str, Array]:
   """One Normalized layer's variables -> {'kernel', 'bias'} of a plain layer.
 
   Args:
-    parameterization: one of `layers.PARAMETERIZATIONS`.
+    parameterization: one of `PARAMETERIZATIONS`.
     linear: params of the 'linear' sublayer ({v, g[, b]} or {kernel[, b]});
       kernel/v [..., out], the output units on the last axis.
     norm_params: params of the 'norm' sublayer (BN: scale, b; mean-only: b).
@@ -67,9 +71,9 @@ def fold_layer(
     {'kernel': [..., out], 'bias': [out]}, float32: eval-mode
     y = x . kernel + bias equals the layer's y.
   """
-  layers.check_parameterization(parameterization)
+  check_parameterization(parameterization)
   if parameterization in ("wn", "wn_mobn"):
-    kernel = layers.weight_normalized_kernel(linear["v"], linear["g"], -1, norm_epsilon)
+    kernel = weight_norm.weight_normalized_kernel(linear["v"], linear["g"], -1, norm_epsilon)
   else:
     kernel = linear["kernel"].astype(jnp.float32)
     if frozen_scale is not None:
@@ -95,7 +99,7 @@ def fold(model: nn.Module, variables: Mapping[str, PyTree]) -> tuple[nn.Module, 
 
   Args:
     model: a Linen module with a `parameterization` field whose linear
-      layers are `layers.NormalizedConv` / `NormalizedDense` (e.g.
+      layers are `NormalizedConv` / `NormalizedDense` (e.g.
       `models.CifarNet`); its `bn_epsilon` (default 1e-6) is used for `bn`.
     variables: its variables ({'params', 'batch_stats'?, 'frozen'?}).
 
@@ -108,10 +112,11 @@ def fold(model: nn.Module, variables: Mapping[str, PyTree]) -> tuple[nn.Module, 
   parameterization = getattr(model, "parameterization", None)
   if parameterization is None:
     raise TypeError(f"fold needs a model with a `parameterization` field built from "
-                    f"layers.NormalizedConv/NormalizedDense; got {type(model).__name__}.")
-  if parameterization == layers.FOLDED:
+                    "wn_jax.layers.parameterization.NormalizedConv/NormalizedDense; got "
+                    f"{type(model).__name__}.")
+  if parameterization == FOLDED:
     raise ValueError("The model is already folded.")
-  layers.check_parameterization(parameterization)
+  check_parameterization(parameterization)
   bn_epsilon = getattr(model, "bn_epsilon", 1e-6)
   batch_stats = variables.get("batch_stats", {})
   frozen = variables.get("frozen", {})
@@ -138,7 +143,7 @@ def fold(model: nn.Module, variables: Mapping[str, PyTree]) -> tuple[nn.Module, 
   folded_params = walk(variables["params"], batch_stats, frozen)
   if not found:
     raise ValueError("fold found no Normalized layer (no 'linear' subtree) in the params.")
-  return model.clone(parameterization=layers.FOLDED), {"params": folded_params}
+  return model.clone(parameterization=FOLDED), {"params": folded_params}
 
 
 def export_inference(folded_model: nn.Module, folded_variables: Mapping[str, PyTree],

@@ -1,4 +1,4 @@
-"""Networks written against the parameterization switch in `wn_jax.layers`.
+"""Networks written against the parameterization switch in `wn_jax.layers.parameterization`.
 
 One definition serves all five of the paper's parameterizations; the config
 string `model.parameterization` picks one.
@@ -13,7 +13,13 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from wn_jax import layers
+from wn_jax.layers.data_init import check_init_order
+from wn_jax.layers.parameterization import (
+  FOLDED,
+  NormalizedConv,
+  NormalizedDense,
+  check_parameterization,
+)
 
 Array = jax.Array
 
@@ -28,12 +34,12 @@ class CifarNet(nn.Module):
   global average pool -> dense `num_classes` (normalised too, no nonlinearity).
   The paper's network has `width=96` (96 and 192 channels).
 
-  Every conv and the dense layer go through `layers.NormalizedConv` /
+  Every conv and the dense layer go through `NormalizedConv` /
   `NormalizedDense` with `parameterization`. `model.init(rngs, x,
   train=True)` with rngs {'params', 'noise', 'dropout'} is the
   data-dependent init, in training mode as in the authors' code;
   `init_order` ('sequential', the authors' code, or 'independent') says how
-  it extends over the layers (see `layers.WeightNorm`). Unknown
+  it extends over the layers (see `wn_jax.layers.weight_norm.WeightNorm`). Unknown
   `parameterization` or `init_order` values raise ValueError at construction.
   `parameterization='folded'` is the inference form `wn_jax.fold` returns.
 
@@ -55,9 +61,9 @@ class CifarNet(nn.Module):
   dtype: Any = jnp.float32
 
   def __post_init__(self):
-    if self.parameterization != layers.FOLDED:
-      layers.check_parameterization(self.parameterization)
-    layers.check_init_order(self.init_order)
+    if self.parameterization != FOLDED:
+      check_parameterization(self.parameterization)
+    check_init_order(self.init_order)
     super().__post_init__()
 
   @nn.compact
@@ -68,7 +74,7 @@ class CifarNet(nn.Module):
         bn_momentum=self.bn_momentum,
         bn_epsilon=self.bn_epsilon, dtype=self.dtype)
     conv = functools.partial(
-        layers.NormalizedConv, conv_weight_grad=self.conv_weight_grad,
+        NormalizedConv, conv_weight_grad=self.conv_weight_grad,
         **norm_kwargs)
 
     def lrelu(y):
@@ -91,5 +97,5 @@ class CifarNet(nn.Module):
     x = lrelu(conv(2 * self.width, (1, 1))(x, train=train))
     x = lrelu(conv(2 * self.width, (1, 1))(x, train=train))
     x = jnp.mean(x, axis=(1, 2))
-    x = layers.NormalizedDense(self.num_classes, **norm_kwargs)(x, train=train)
+    x = NormalizedDense(self.num_classes, **norm_kwargs)(x, train=train)
     return x.astype(jnp.float32)

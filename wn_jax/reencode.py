@@ -1,6 +1,6 @@
 r"""Writes a re-encoded copy of an image data set, and measures what it changed.
 
-Reads a data set through input_pipeline (an image folder, or the original
+Reads a data set through `wn_jax.data.sources` (an image folder, or the original
 CIFAR-10 files) and writes it as `DST/<split>/<class name>/<stem>.<ext>`,
 the layout of `source='folder'`, as JPEG at a chosen quality and chroma
 subsampling or as lossless PNG. Every image is encoded, decoded again in
@@ -35,7 +35,8 @@ import ml_collections
 import numpy as np
 from PIL import Image
 
-from wn_jax import input_pipeline
+from wn_jax.data import sources
+from wn_jax.data.folder import list_split
 
 FORMATS = ("jpeg", "png")
 EXTENSIONS = {"jpeg": ".jpg", "png": ".png"}
@@ -102,7 +103,7 @@ def decode(data: bytes) -> np.ndarray:
 def _file_stems(source: str, folder: str, split: str, labels: np.ndarray) -> list[str]:
   """One file stem per image: the source's own for a folder, else numbered per class."""
   if source == "folder":
-    _, paths, _ = input_pipeline._list_split(folder, split)  # load_folder's order
+    _, paths, _ = list_split(folder, split)  # load_folder's order
     return [os.path.splitext(os.path.basename(path))[0] for path in paths]
   counts: dict[int, int] = {}
   stems = []
@@ -176,8 +177,8 @@ def reencode(
       empty directory; and the loaders' errors for `src`.
   """
   check_encoding(encoding)
-  if source not in input_pipeline.PATH_SOURCES:
-    raise ValueError(f"source must be one of {input_pipeline.PATH_SOURCES}, got {source!r}.")
+  if source not in sources.PATH_SOURCES:
+    raise ValueError(f"source must be one of {sources.PATH_SOURCES}, got {source!r}.")
   if os.path.lexists(dst) and not (os.path.isdir(dst) and not os.listdir(dst)):
     raise ValueError(f"Destination {dst!r} exists and is not an empty directory; "
                      "choose a new path or remove it.")
@@ -186,7 +187,7 @@ def reencode(
   config = ml_collections.ConfigDict(dict(
     source=source, name="", folder=src, tfds_data_dir="", train_split="train",
     test_split="test"))
-  dataset = input_pipeline.load_dataset(config)
+  dataset = sources.load_dataset(config)
   partial = f"{os.path.abspath(dst).rstrip(os.sep)}.partial-{os.getpid()}"
   differences = {}
   try:
@@ -211,7 +212,7 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument("src", help="data folder <src>/{train,test}/<class>/<image>, or the "
                       "CIFAR-10 directory / .tar.gz with --source cifar10_*")
   parser.add_argument("dst", help="the folder to write (must not exist, or be empty)")
-  parser.add_argument("--source", default="folder", choices=input_pipeline.PATH_SOURCES)
+  parser.add_argument("--source", default="folder", choices=sources.PATH_SOURCES)
   parser.add_argument("--format", default="jpeg", choices=FORMATS)
   parser.add_argument("--quality", type=int, default=75, help="JPEG quality, 1..100")
   parser.add_argument("--subsampling", default="4:2:0", choices=tuple(SUBSAMPLINGS),

@@ -1,13 +1,13 @@
 r"""The eigenvalue spectrum behind ZCA whitening, and what ZCA does with it.
 
-ZCA (input_pipeline.fit_zca) multiplies the data's component along each
+ZCA (zca.fit_zca) multiplies the data's component along each
 eigenvector of the training covariance by the gain `1 / sqrt(S + reg)`. With
 the recipe's `reg = 1e-5`, a direction whose eigenvalue is near or below
 1e-5 (the uint8 rounding noise alone puts (1/128)^2 / 12 = 5.09e-6 into every
 direction) comes out of the whitening with a variance `S / (S + reg)` near
 the signal directions' 1. This command measures, on the same covariance that
-fit_zca uses (`input_pipeline.covariance_spectrum` of
-`input_pipeline.zca_input`):
+fit_zca uses (`zca.covariance_spectrum` of
+`zca.zca_input`):
 
 * how many eigenvalues fall below 1e-4, 1e-5, 1e-6, 1e-7;
 * the gain range and the share of the whitened data's total variance,
@@ -39,7 +39,7 @@ from typing import NamedTuple
 import ml_collections
 import numpy as np
 
-from wn_jax import input_pipeline
+from wn_jax.data import sources, zca
 
 THRESHOLDS = (1e-4, 1e-5, 1e-6, 1e-7)
 REGULARIZATIONS = (1e-5, 1e-3, 1e-2)
@@ -109,7 +109,7 @@ def plane_spectra(images: np.ndarray) -> dict[str, np.ndarray]:
   spectra = {}
   for index, name in enumerate(("Y", "Cb", "Cr")):
     rows = (planes[..., index].reshape(len(images), -1) - 127.5) / 128.0
-    spectra[name] = input_pipeline.covariance_spectrum(rows).eigenvalues
+    spectra[name] = zca.covariance_spectrum(rows).eigenvalues
   return spectra
 
 
@@ -145,7 +145,7 @@ def synthetic_images(
 
 def analyse(images: np.ndarray, *, planes: bool = True) -> dict:
   """The spectrum and its summaries for uint8 images [N, H, W, 3]."""
-  eigenvalues = input_pipeline.covariance_spectrum(input_pipeline.zca_input(images)).eigenvalues
+  eigenvalues = zca.covariance_spectrum(zca.zca_input(images)).eigenvalues
   return summarize(eigenvalues, len(images), plane_spectra(images) if planes else None)
 
 
@@ -271,7 +271,7 @@ def main(argv: list[str] | None = None) -> None:
     formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("data", nargs="*",
                       help="data folders (or CIFAR-10 directories / archives with --source)")
-  parser.add_argument("--source", default="folder", choices=input_pipeline.PATH_SOURCES)
+  parser.add_argument("--source", default="folder", choices=sources.PATH_SOURCES)
   parser.add_argument("--split", default="train", help="the split to analyse (ZCA: train)")
   parser.add_argument("--synthetic", action="store_true",
                       help="also analyse Gaussian images with a known spectrum")
@@ -296,7 +296,7 @@ def main(argv: list[str] | None = None) -> None:
     config = ml_collections.ConfigDict(dict(source=args.source, name="", folder=path,
                                             tfds_data_dir="", train_split=args.split,
                                             test_split=args.split))
-    images = input_pipeline.load_dataset(config).train_images
+    images = sources.load_dataset(config).train_images
     name = os.path.basename(os.path.normpath(path))
     results[name] = analyse(images, planes=not args.no_planes)
     print(f"{name}: {len(images)} images, {time.perf_counter() - start:.0f} s", flush=True)

@@ -1,4 +1,5 @@
-"""Tests for wn_jax.input_pipeline on tiny generated data (no /work/data)."""
+"""Tests for wn_jax.data (folder, sources, zca, batches) on tiny generated data
+(no /work/data)."""
 
 import os
 
@@ -6,9 +7,12 @@ import jax
 import ml_collections
 import numpy as np
 import pytest
+from absl import logging
 from PIL import Image
 
-from wn_jax import input_pipeline
+from wn_jax.data import batches, cache, sources
+from wn_jax.data.folder import load_folder, warn_if_lossy_and_whitened
+from wn_jax.data.zca import apply_zca, fit_zca, scale_pixels, whiten_dataset
 
 CLASSES = ("cat", "airplane", "dog")  # Deliberately unsorted.
 IMAGES_PER_CLASS = 4
@@ -62,7 +66,7 @@ def _folder_config(folder, **overrides):
 
 def test_load_folder_shapes_dtypes_labels_and_pixels(tmp_path):
   written = _make_folder(tmp_path)
-  images, labels, class_names = input_pipeline.load_folder(str(tmp_path), "train")
+  images, labels, class_names = load_folder(str(tmp_path), "train")
 
   assert class_names == sorted(CLASSES)
   assert images.shape == (len(CLASSES) * IMAGES_PER_CLASS, SIZE, SIZE, 3)
@@ -82,7 +86,7 @@ def test_load_folder_reads_jpeg_and_grayscale_as_rgb(tmp_path):
   _write_image(str(class_dir / "1.jpg"), rng)
   (class_dir / ".DS_Store").write_bytes(b"not an image, but hidden")
 
-  images, labels, class_names = input_pipeline.load_folder(str(tmp_path), "train")
+  images, labels, class_names = load_folder(str(tmp_path), "train")
 
   assert images.shape == (2, SIZE, SIZE, 3)
   np.testing.assert_array_equal(images[0], np.repeat(gray, 3, axis=-1))
@@ -91,7 +95,7 @@ def test_load_folder_reads_jpeg_and_grayscale_as_rgb(tmp_path):
 
 def test_load_dataset_folder_source(tmp_path):
   _make_folder(tmp_path)
-  dataset = input_pipeline.load_dataset(_folder_config(tmp_path))
+  dataset = sources.load_dataset(_folder_config(tmp_path))
 
   assert dataset.class_names == sorted(CLASSES)
   assert dataset.train_images.shape == (12, SIZE, SIZE, 3)
@@ -101,34 +105,34 @@ def test_load_dataset_folder_source(tmp_path):
 
 def test_missing_root_says_how_to_get_data(tmp_path):
   with pytest.raises(FileNotFoundError, match=r"does not exist.*tar -xzf.*data\.folder"):
-    input_pipeline.load_folder(str(tmp_path / "nowhere"), "train")
+    load_folder(str(tmp_path / "nowhere"), "train")
 
 
 def test_missing_split_folder(tmp_path):
   _make_folder(tmp_path, splits=("train",))
   with pytest.raises(FileNotFoundError, match=r"Split folder .*test.* does not exist"):
-    input_pipeline.load_folder(str(tmp_path), "test")
+    load_folder(str(tmp_path), "test")
 
 
 def test_split_without_class_folders(tmp_path):
   (tmp_path / "train").mkdir()
   (tmp_path / "train" / "stray.png").write_bytes(b"")
   with pytest.raises(ValueError, match="has no class folders"):
-    input_pipeline.load_folder(str(tmp_path), "train")
+    load_folder(str(tmp_path), "train")
 
 
 def test_empty_class_folder_is_named(tmp_path):
   _make_folder(tmp_path, splits=("train",))
   (tmp_path / "train" / "empty_class").mkdir()
   with pytest.raises(ValueError, match=r"empty_class.*has no image files"):
-    input_pipeline.load_folder(str(tmp_path), "train")
+    load_folder(str(tmp_path), "train")
 
 
 def test_non_image_file_is_named(tmp_path):
   _make_folder(tmp_path, splits=("train",))
   (tmp_path / "train" / "dog" / "notes.txt").write_text("not an image")
   with pytest.raises(ValueError, match=r"notes\.txt.*as an image"):
-    input_pipeline.load_folder(str(tmp_path), "train")
+    load_folder(str(tmp_path), "train")
 
 
 def test_truncated_image_is_named(tmp_path):
@@ -136,7 +140,7 @@ def test_truncated_image_is_named(tmp_path):
   path = tmp_path / "train" / "cat" / "00.png"
   path.write_bytes(path.read_bytes()[:40])
   with pytest.raises(ValueError, match=r"00\.png.*as an image"):
-    input_pipeline.load_folder(str(tmp_path), "train")
+    load_folder(str(tmp_path), "train")
 
 
 def test_mixed_sizes_name_one_file_of_each_size(tmp_path):
@@ -144,7 +148,7 @@ def test_mixed_sizes_name_one_file_of_each_size(tmp_path):
   rng = np.random.default_rng(2)
   _write_image(str(tmp_path / "train" / "dog" / "99.png"), rng, size=(5, 7))
   with pytest.raises(ValueError, match="different sizes") as error:
-    input_pipeline.load_folder(str(tmp_path), "train")
+    load_folder(str(tmp_path), "train")
   message = str(error.value)
   assert "(8, 8)" in message and os.path.join("airplane", "00.png") in message
   assert "(7, 5)" in message and os.path.join("dog", "99.png") in message
@@ -154,12 +158,12 @@ def test_train_and_test_class_lists_must_match(tmp_path):
   _make_folder(tmp_path / "a", splits=("train",), classes=CLASSES)
   _make_folder(tmp_path / "a", splits=("test",), classes=CLASSES[:2])
   with pytest.raises(ValueError, match="labels would not match"):
-    input_pipeline.load_dataset(_folder_config(tmp_path / "a"))
+    sources.load_dataset(_folder_config(tmp_path / "a"))
 
 
 def test_unknown_source_lists_valid_ones(tmp_path):
   with pytest.raises(ValueError, match=r"'hdf5'.*'tfds', 'folder'"):
-    input_pipeline.load_dataset(_folder_config(tmp_path, source="hdf5"))
+    sources.load_dataset(_folder_config(tmp_path, source="hdf5"))
 
 
 # ---------------------------------------------------------------------------
@@ -169,9 +173,9 @@ def test_unknown_source_lists_valid_ones(tmp_path):
 def test_tfds_source_matches_folder_format(tmp_path):
   tfds = pytest.importorskip("tensorflow_datasets")
   _make_folder(tmp_path)
-  folder = input_pipeline.load_dataset(_folder_config(tmp_path))
+  folder = sources.load_dataset(_folder_config(tmp_path))
   with tfds.testing.mock_data(num_examples=6):
-    from_tfds = input_pipeline.load_dataset(_folder_config(tmp_path, source="tfds"))
+    from_tfds = sources.load_dataset(_folder_config(tmp_path, source="tfds"))
 
   for name in ("train_images", "train_labels", "test_images", "test_labels"):
     tfds_array, folder_array = getattr(from_tfds, name), getattr(folder, name)
@@ -186,7 +190,7 @@ def test_tfds_source_matches_folder_format(tmp_path):
 def test_unknown_tfds_name():
   pytest.importorskip("tensorflow_datasets")
   with pytest.raises(ValueError, match=r"'no_such_dataset' is not a tfds data set name"):
-    input_pipeline.load_tfds("no_such_dataset", "train", None)
+    sources.load_tfds("no_such_dataset", "train", None)
 
 
 def test_tfds_failure_points_to_folder_source(monkeypatch):
@@ -197,7 +201,7 @@ def test_tfds_failure_points_to_folder_source(monkeypatch):
 
   monkeypatch.setattr(tfds, "load", offline_load)
   with pytest.raises(RuntimeError, match=r"(?s)no network.*--config\.data\.source=folder"):
-    input_pipeline.load_tfds("cifar10", "train", None)
+    sources.load_tfds("cifar10", "train", None)
 
 
 # ---------------------------------------------------------------------------
@@ -206,7 +210,7 @@ def test_tfds_failure_points_to_folder_source(monkeypatch):
 
 def test_scale_pixels_is_the_authors_formula():
   pixels = np.array([0, 127, 128, 255], dtype=np.uint8)
-  scaled = input_pipeline.scale_pixels(pixels)
+  scaled = scale_pixels(pixels)
   assert scaled.dtype == np.float32
   np.testing.assert_array_equal(scaled, [-127.5 / 128, -0.5 / 128, 0.5 / 128, 127.5 / 128])
 
@@ -231,8 +235,8 @@ def test_zca_matches_direct_recipe_computation():
   expected = (x64 - mean) @ whitening
 
   # Small chunks exercise the chunked covariance and application.
-  zca = input_pipeline.fit_zca(x, regularization, chunk_size=300)
-  whitened = input_pipeline.apply_zca(zca, x, chunk_size=700)
+  zca = fit_zca(x, regularization, chunk_size=300)
+  whitened = apply_zca(zca, x, chunk_size=700)
 
   np.testing.assert_allclose(zca.mean, mean, rtol=1e-12, atol=1e-12)
   np.testing.assert_allclose(zca.whitening, whitening, rtol=1e-9, atol=1e-12)
@@ -243,7 +247,7 @@ def test_zca_matches_direct_recipe_computation():
 def test_zca_whitened_covariance_is_near_identity():
   x = _correlated_data()
   regularization = 1e-5
-  whitened = input_pipeline.apply_zca(input_pipeline.fit_zca(x, regularization), x)
+  whitened = apply_zca(fit_zca(x, regularization), x)
 
   covariance = np.cov(whitened.astype(np.float64), rowvar=False, bias=True)
   # Exactly, the whitened covariance is U diag(S / (S + reg)) U^T, so it
@@ -258,8 +262,8 @@ def test_zca_whitened_covariance_is_near_identity():
 
 def test_whiten_dataset_fits_on_train_and_applies_to_both(tmp_path):
   _make_folder(tmp_path)
-  dataset = input_pipeline.load_dataset(_folder_config(tmp_path))
-  train_x, test_x = input_pipeline.whiten_dataset(dataset, regularization=1e-5)
+  dataset = sources.load_dataset(_folder_config(tmp_path))
+  train_x, test_x = whiten_dataset(dataset, regularization=1e-5)
 
   assert train_x.shape == dataset.train_images.shape and train_x.dtype == np.float32
   assert test_x.shape == dataset.test_images.shape and test_x.dtype == np.float32
@@ -288,16 +292,16 @@ def _ramp_images(batch=32, size=6):
 
 def test_augment_identity_when_off():
   images = _ramp_images()
-  out = input_pipeline.augment(jax.random.key(0), images, flip=False, max_translation=0)
+  out = batches.augment(jax.random.key(0), images, flip=False, max_translation=0)
   np.testing.assert_array_equal(out, images)
 
 
 def test_augment_shape_dtype_and_determinism():
   images = _ramp_images().astype(np.uint8)
   key = jax.random.key(0)
-  out = input_pipeline.augment(key, images, flip=True, max_translation=2)
-  again = input_pipeline.augment(key, images, flip=True, max_translation=2)
-  other = input_pipeline.augment(jax.random.key(1), images, flip=True, max_translation=2)
+  out = batches.augment(key, images, flip=True, max_translation=2)
+  again = batches.augment(key, images, flip=True, max_translation=2)
+  other = batches.augment(jax.random.key(1), images, flip=True, max_translation=2)
 
   assert out.shape == images.shape and out.dtype == images.dtype
   np.testing.assert_array_equal(out, again)
@@ -306,7 +310,7 @@ def test_augment_shape_dtype_and_determinism():
 
 def test_flip_mirrors_some_images_and_keeps_others():
   images = _ramp_images()
-  out = np.asarray(input_pipeline.augment(jax.random.key(3), images, flip=True, max_translation=0))
+  out = np.asarray(batches.augment(jax.random.key(3), images, flip=True, max_translation=0))
   mirrored = np.array([np.array_equal(o, i[:, ::-1]) for o, i in zip(out, images)])
   kept = np.array([np.array_equal(o, i) for o, i in zip(out, images)])
   assert np.all(mirrored | kept)
@@ -318,7 +322,7 @@ def test_translation_is_a_zero_padded_shift_within_bounds():
   images = _ramp_images()
   size = images.shape[1]
   out = np.asarray(
-    input_pipeline.augment(jax.random.key(4), images, flip=False, max_translation=max_translation)
+    batches.augment(jax.random.key(4), images, flip=False, max_translation=max_translation)
   )
   shifts = set()
   for image, moved in zip(images, out):
@@ -344,31 +348,31 @@ def test_augment_runs_inside_jit():
 
   @jax.jit
   def step(key, x):
-    return input_pipeline.augment(key, x, flip=True, max_translation=1).sum(axis=(1, 2, 3))
+    return batches.augment(key, x, flip=True, max_translation=1).sum(axis=(1, 2, 3))
 
   key = jax.random.key(5)
   np.testing.assert_allclose(
     step(key, images),
-    input_pipeline.augment(key, images, flip=True, max_translation=1).sum(axis=(1, 2, 3)),
+    batches.augment(key, images, flip=True, max_translation=1).sum(axis=(1, 2, 3)),
   )
 
 
 def test_epoch_permutation_reproducible_and_new_each_epoch():
-  first = input_pipeline.epoch_permutation(seed=0, epoch=0, num_examples=100)
+  first = batches.epoch_permutation(seed=0, epoch=0, num_examples=100)
   np.testing.assert_array_equal(np.sort(first), np.arange(100))
-  np.testing.assert_array_equal(first, input_pipeline.epoch_permutation(0, 0, 100))
-  assert not np.array_equal(first, input_pipeline.epoch_permutation(0, 1, 100))
-  assert not np.array_equal(first, input_pipeline.epoch_permutation(1, 0, 100))
+  np.testing.assert_array_equal(first, batches.epoch_permutation(0, 0, 100))
+  assert not np.array_equal(first, batches.epoch_permutation(0, 1, 100))
+  assert not np.array_equal(first, batches.epoch_permutation(1, 0, 100))
 
 
 def test_num_batches_and_batch_indices_drop_incomplete_batch():
-  assert input_pipeline.num_batches(50_000, 100, drop_remainder=True) == 500
-  assert input_pipeline.num_batches(105, 10, drop_remainder=True) == 10
-  assert input_pipeline.num_batches(105, 10, drop_remainder=False) == 11
+  assert batches.num_batches(50_000, 100, drop_remainder=True) == 500
+  assert batches.num_batches(105, 10, drop_remainder=True) == 10
+  assert batches.num_batches(105, 10, drop_remainder=False) == 11
 
-  indices = input_pipeline.batch_indices(seed=0, epoch=2, num_examples=105, batch_size=10)
+  indices = batches.batch_indices(seed=0, epoch=2, num_examples=105, batch_size=10)
   assert indices.shape == (10, 10)
-  np.testing.assert_array_equal(indices.ravel(), input_pipeline.epoch_permutation(0, 2, 105)[:100])
+  np.testing.assert_array_equal(indices.ravel(), batches.epoch_permutation(0, 2, 105)[:100])
 
 
 # ---------------------------------------------------------------------------
@@ -381,7 +385,7 @@ def _whitened_folder_config(folder):
 
 def _warnings_of(monkeypatch):
   logged = []
-  monkeypatch.setattr(input_pipeline.logging, "warning",
+  monkeypatch.setattr(logging, "warning",
                       lambda message, *args: logged.append(message % args if args else message))
   return logged
 
@@ -394,7 +398,7 @@ def test_zca_whitened_jpeg_training_images_log_a_warning(tmp_path, monkeypatch):
     _write_image(str(tmp_path / "train" / "cat" / f"{i:02d}.JPG"), rng)
   logged = _warnings_of(monkeypatch)
 
-  data = input_pipeline.load_whitened(_whitened_folder_config(tmp_path))
+  data = cache.load_whitened(_whitened_folder_config(tmp_path))
 
   assert data.train_x.shape == (12, SIZE, SIZE, 3)
   assert len(logged) == 1
@@ -406,19 +410,19 @@ def test_zca_whitened_jpeg_training_images_log_a_warning(tmp_path, monkeypatch):
 def test_lossless_folder_and_original_files_log_no_warning(tmp_path, monkeypatch):
   _make_folder(tmp_path)  # PNG files.
   logged = _warnings_of(monkeypatch)
-  input_pipeline.load_whitened(_whitened_folder_config(tmp_path))
+  cache.load_whitened(_whitened_folder_config(tmp_path))
   assert logged == []
   # A source other than 'folder' holds original pixels, whatever the folder holds.
-  assert input_pipeline.warn_if_lossy_and_whitened(
+  assert warn_if_lossy_and_whitened(
     _folder_config(tmp_path, source="cifar10_python", zca_regularization=1e-5)) is None
 
 
 def test_class_balanced_subset_takes_the_first_of_each_class_in_file_order():
   labels = np.array([2, 0, 1, 0, 2, 1, 1, 0, 2, 2])
-  rows = input_pipeline.class_balanced_subset(labels, 6)
+  rows = batches.class_balanced_subset(labels, 6)
   np.testing.assert_array_equal(rows, [0, 1, 2, 3, 4, 5])
   np.testing.assert_array_equal(np.bincount(labels[rows]), [2, 2, 2])
-  rows = input_pipeline.class_balanced_subset(labels, 9)
+  rows = batches.class_balanced_subset(labels, 9)
   np.testing.assert_array_equal(rows, [0, 1, 2, 3, 4, 5, 6, 7, 8])
 
 
@@ -428,4 +432,4 @@ def test_class_balanced_subset_takes_the_first_of_each_class_in_file_order():
 def test_class_balanced_subset_refuses_what_it_cannot_take(size, match):
   labels = np.array([2, 0, 1, 0, 2, 1, 1, 0, 2, 2])
   with pytest.raises(ValueError, match=match):
-    input_pipeline.class_balanced_subset(labels, size)
+    batches.class_balanced_subset(labels, size)

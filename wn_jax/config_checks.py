@@ -1,0 +1,120 @@
+"""Config checks: every bad value fails here, before any data or compile.
+
+`validate_config` checks one config; `check_resumable_config` refuses to
+resume a workdir whose checkpoints come from another config
+(`RESUMABLE_KEYS` may differ). Checks only: nothing is built or loaded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import ml_collections
+
+from wn_jax import steps, sweep
+from wn_jax.data import sources
+from wn_jax.layers import data_init, parameterization
+
+# Config keys that may change between a run and its resumption: they do not
+# change what is computed.
+RESUMABLE_KEYS = ("log_every_steps", "log_norms_every_steps", "checkpoint_every_epochs",
+                  "keep_checkpoints", "eval_batch_size", "distributed.enabled",
+                  "distributed.coordinator_address", "distributed.num_processes",
+                  "distributed.process_id", "sweep.member_loop",
+                  "model.conv_weight_grad", "data.folder", "data.tfds_data_dir",
+                  "data.cache_dir", "eval_every_epochs")
+# float32 convs and matmuls: 'default' lets the backend choose (TF32 on
+# NVIDIA Ampere/Hopper GPUs), 'highest' computes in full float32.
+MATMUL_PRECISIONS = ("default", "high", "highest")
+
+
+def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
+  """Raises ValueError naming the key and what to do for a bad config."""
+  def positive(key, value):
+    if not value > 0:
+      raise ValueError(f"config.{key} must be positive, got {value!r}.")
+
+  parameterization.check_parameterization(config.model.parameterization)
+  data_init.check_init_order(config.model.init_order)
+  positive("optimizer.learning_rate", config.optimizer.learning_rate)
+  positive("batch_size", config.batch_size)
+  positive("num_epochs", config.num_epochs)
+  positive("model.width", config.model.width)
+  positive("eval_batch_size", config.eval_batch_size)
+  positive("checkpoint_every_epochs", config.checkpoint_every_epochs)
+  positive("eval_every_epochs", config.eval_every_epochs)
+  positive("keep_checkpoints", config.keep_checkpoints)
+  positive("log_every_steps", config.log_every_steps)
+  if config.log_norms_every_steps < 0:
+    raise ValueError("config.log_norms_every_steps must be >= 0 (0 = off).")
+  sweep.member_configs(config)  # Checks the sweep lists.
+  if config.batch_size % num_devices:
+    raise ValueError(
+        f"config.batch_size={config.batch_size} is not divisible by the "
+        f"{num_devices} devices; use a multiple of {num_devices}.")
+  if config.init_batch_size < 2:
+    raise ValueError(
+        f"config.init_batch_size={config.init_batch_size}: the data-dependent "
+        "init needs at least 2 examples to compute a standard deviation.")
+  if not 0 <= config.optimizer.anneal_start_epoch <= config.num_epochs:
+    raise ValueError(
+        f"config.optimizer.anneal_start_epoch={config.optimizer.anneal_start_epoch}"
+        f" must lie in [0, num_epochs={config.num_epochs}]; set it too when "
+        "changing num_epochs (the paper anneals over the second half).")
+  if config.model.conv_weight_grad not in steps.CONV_WEIGHT_GRADS:
+    raise ValueError(f"config.model.conv_weight_grad must be one of "
+                     f"{steps.CONV_WEIGHT_GRADS}, got {config.model.conv_weight_grad!r}.")
+  if config.model.dtype not in steps.DTYPES:
+    raise ValueError(f"config.model.dtype must be one of {tuple(steps.DTYPES)}, got "
+                     f"{config.model.dtype!r}.")
+  if config.data.source not in sources.VALID_SOURCES:
+    raise ValueError(f"config.data.source must be one of "
+                     f"{sources.VALID_SOURCES}, got {config.data.source!r}.")
+  if config.data.source == "folder" and not config.data.folder:
+    raise ValueError("config.data.source='folder' needs config.data.folder="
+                     "<root with train/ and test/ class folders>.")
+  if config.data.train_subset < 0:
+    raise ValueError(f"config.data.train_subset must be >= 0 (0 = the whole training set), "
+                     f"got {config.data.train_subset!r}.")
+  if config.data.augment_max_translation < 0:
+    raise ValueError("config.data.augment_max_translation must be >= 0.")
+  if not 0 <= config.ema_decay < 1:
+    raise ValueError(f"config.ema_decay must lie in [0, 1) (0 = off), got "
+                     f"{config.ema_decay!r}.")
+  if config.sweep.member_loop not in steps.MEMBER_LOOPS:
+    raise ValueError(f"config.sweep.member_loop must be one of {steps.MEMBER_LOOPS}, got "
+                     f"{config.sweep.member_loop!r}.")
+  if config.matmul_precision not in MATMUL_PRECISIONS:
+    raise ValueError(f"config.matmul_precision must be one of {MATMUL_PRECISIONS}, got "
+                     f"{config.matmul_precision!r}.")
+
+
+def flatten_config(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+  flat = {}
+  for key, value in config.items():
+    if isinstance(value, Mapping):
+      flat.update(flatten_config(value, f"{prefix}{key}."))
+    else:
+      flat[f"{prefix}{key}"] = value
+  return flat
+
+
+def check_resumable_config(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """Refuses to resume a workdir whose checkpoints come from another config."""
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    saved = flatten_config(json.load(f))
+  current = flatten_config(json.loads(config.to_json()))
+  differing = sorted(k for k in set(saved) | set(current)
+                     if k not in RESUMABLE_KEYS and saved.get(k) != current.get(k))
+  if differing:
+    details = "; ".join(f"{k}: saved {saved.get(k)!r}, now {current.get(k)!r}"
+                        for k in differing)
+    raise ValueError(
+        f"Workdir {workdir} holds checkpoints of a different config ({details}). "
+        "Refusing to resume: use a new --workdir, or the saved config.")

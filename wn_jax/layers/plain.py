@@ -1,0 +1,177 @@
+"""Un-normalized layers: `Conv2D`, and the `normal` parameterization.
+
+`Conv2D` is the 2-D convolution through `wn_jax.ops.conv2d` that `WNConv`
+normalizes. `PlainDense` / `PlainConv` are the paper's `normal` layers: a
+per-unit scale set by the data-dependent init and then frozen (collection
+`FROZEN`), so `normal` starts from the same function as `wn`. No weight
+norm and no batch norm here (`weight_norm`, `batch_norm`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+from jax import lax
+
+from wn_jax import ops
+from wn_jax.layers.data_init import check_init_order, data_init_scale_and_bias, default_v_init
+
+Array = jax.Array
+Dtype = Any
+Initializer = Callable[..., Array]
+Padding = str | Sequence[tuple[int, int]]
+
+# Variables the data-dependent init sets and training never changes (the
+# frozen per-unit scale of the paper's `normal` parameterization). They live
+# outside 'params' so no optimizer ever sees them.
+FROZEN = "frozen"
+
+
+class Conv2D(nn.Module):
+  """2-D convolution (NHWC, HWIO kernel) through `wn_jax.ops.conv2d`.
+
+  The plain layer that `WNConv` normalises: as nn.Conv for 2-D input, plus
+  `weight_grad` ('xla', or 'per_tap' matmuls for the kernel gradient,
+  faster on XLA:CPU). Parameters `kernel [kh, kw, in, features]`, `bias
+  [features]`. Input [batch, height, width, in].
+  """
+  features: int
+  kernel_size: tuple[int, int]
+  strides: tuple[int, int] = (1, 1)
+  padding: Padding = "SAME"
+  use_bias: bool = True
+  weight_grad: str = "xla"
+  kernel_init: Initializer = default_v_init
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    if x.ndim != 4:
+      raise ValueError(
+          f"{type(self).__name__} expects NHWC input [batch, height, width, "
+          f"channels], got shape {x.shape}.")
+    x = jnp.asarray(x, self.dtype)
+    kernel = self.param("kernel", self.kernel_init,
+                        (*self.kernel_size, x.shape[-1], self.features),
+                        self.param_dtype)
+    y = ops.conv2d(x, kernel.astype(self.dtype), strides=self.strides,
+                   padding=self.padding, weight_grad=self.weight_grad)
+    if self.use_bias:
+      bias = self.param("bias", nn.initializers.zeros, (self.features,),
+                        self.param_dtype)
+      y = y + bias.astype(self.dtype)
+    return y
+
+
+def _frozen_scale(
+    module: nn.Module,
+    x: Array,
+    kernel: Array,
+    linear: Callable[[Array, Array], Array],
+) -> Array:
+  """Shared body of the plain layers: y = s * linear(x, kernel) + b.
+
+  With `data_init=True` the per-unit scale `s` is set by the data-dependent
+  init (`data_init_scale_and_bias` of t = x . kernel: `s = init_scale/sigma[t]`,
+  `b = -mu[t] s`) and stored in the non-trainable collection `FROZEN`: the
+  paper's `normal` parameterization, which starts from the same function as
+  weight norm (authors' code `no_norm`/`InitLayer`). With `data_init=False`
+  there is no scale: a plain layer with its standard init. With
+  `init_order='independent'` the init passes on t itself (s = 1, no bias).
+  """
+  check_init_order(module.init_order)
+  features = kernel.shape[-1]
+  y = linear(x, kernel.astype(module.dtype))
+  # Flax evaluates a param's init function (abstractly) on every call to
+  # check shapes, so the init values must exist outside `init` too.
+  scale_init = jnp.ones((features,), jnp.float32)
+  b_init = jnp.zeros((features,), jnp.float32)
+  data_init = module.data_init and module.is_initializing()
+  if data_init:
+    scale_init, b_init = data_init_scale_and_bias(
+        y, module.init_scale, module.epsilon, module.axis_name)
+  t = y
+  if module.data_init:
+    scale = module.variable(
+        FROZEN, "scale", lambda: scale_init.astype(module.param_dtype)).value
+    y = y * scale.astype(module.dtype)
+  if module.use_bias:
+    b = module.param("b", lambda *_: b_init.astype(module.param_dtype), (features,))
+    y = y + b.astype(module.dtype)
+  if data_init and module.init_order == "independent":
+    return t
+  return y
+
+
+def _dense(x: Array, w: Array) -> Array:
+  """x [..., in] @ w [in, out] -> [..., out]."""
+  return lax.dot_general(x, w, (((x.ndim - 1,), (0,)), ((), ())))
+
+
+def _kernel_shape(module: nn.Module, x: Array) -> tuple[int, ...]:
+  """HWIO kernel shape of a 2-D conv: (kh, kw, in, out)."""
+  if x.ndim != 4:
+    raise ValueError(
+        f"{type(module).__name__} expects NHWC input [batch, height, width, "
+        f"channels], got shape {x.shape}.")
+  return (*module.kernel_size, x.shape[-1], module.features)
+
+
+class PlainDense(nn.Module):
+  """Dense layer of the paper's `normal` parameterization.
+
+  y = s * (x kernel) + b, with `s` a per-unit scale in the `FROZEN`
+  collection set by the data-dependent init and then never trained (authors'
+  code `no_norm`), so `normal` starts from the same function as `wn`. With
+  `data_init=False` it is a plain dense layer (no `s`).
+  Kernel init: Glorot uniform (Lasagne's default, as in the authors' code).
+  """
+  features: int
+  use_bias: bool = True
+  init_scale: float = 1.0
+  data_init: bool = True
+  init_order: str = "sequential"
+  epsilon: float = 1e-8
+  kernel_init: Initializer = nn.initializers.glorot_uniform()
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+  axis_name: str | None = None
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    x = jnp.asarray(x, self.dtype)
+    kernel = self.param(
+        "kernel", self.kernel_init, (x.shape[-1], self.features), self.param_dtype)
+    return _frozen_scale(self, x, kernel, _dense)
+
+
+class PlainConv(nn.Module):
+  """2-D convolution of the paper's `normal` parameterization (see `PlainDense`)."""
+  features: int
+  kernel_size: tuple[int, int]
+  strides: tuple[int, int] = (1, 1)
+  padding: Padding = "SAME"
+  use_bias: bool = True
+  init_scale: float = 1.0
+  data_init: bool = True
+  init_order: str = "sequential"
+  epsilon: float = 1e-8
+  kernel_init: Initializer = nn.initializers.glorot_uniform()
+  conv_weight_grad: str = "xla"
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+  axis_name: str | None = None
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    x = jnp.asarray(x, self.dtype)
+    kernel = self.param(
+        "kernel", self.kernel_init, _kernel_shape(self, x), self.param_dtype)
+    conv = lambda x, w: ops.conv2d(x, w, strides=self.strides, padding=self.padding,
+                                   weight_grad=self.conv_weight_grad)
+    return _frozen_scale(self, x, kernel, conv)
