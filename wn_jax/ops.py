@@ -1,4 +1,13 @@
-"""2-D convolution with an optional per-tap matmul weight gradient.
+"""Array math shared by the Linen layers and the NNX layers (`wn_jax.nnx`).
+
+Weight normalization (the second half of this file): `direction_norm`,
+`weight_normalized_kernel` (w = g v/||v||, paper eq. 2) and the
+data-dependent init's statistics `data_init_scale_and_bias` (section 2.2),
+written once as functions of arrays so both module systems compute the
+same numbers.
+
+2-D convolution with an optional per-tap matmul weight gradient
+----------------------------------------------------------------
 
 `conv2d(..., weight_grad="per_tap")` computes the same function and the
 same gradients as `lax.conv_general_dilated`, but its kernel gradient is
@@ -41,6 +50,7 @@ _DIMENSION_NUMBERS = ("NHWC", "HWIO", "NHWC")
 # 3x3 96->96 ~207 -> ~183 ms; no change at 16x16 (25.6k rows, 1 chunk).
 ROWS_PER_CHUNK = 32768
 
+Array = jax.Array
 Padding = str | Sequence[tuple[int, int]]
 
 
@@ -241,3 +251,107 @@ def _num_row_chunks(rows, rows_per_chunk):
     if rows % chunks == 0:
       return chunks
   return 1
+
+
+# Weight normalization (paper eq. 2) and its data-dependent init (section 2.2).
+
+# ||v|| = sqrt(sum v^2 + NORM_EPSILON): keeps w = g v/||v|| and its gradients
+# finite for an all-zero unit of v (a pruned or dead unit; then w = 0 and
+# d w/d v = g/sqrt(NORM_EPSILON)), and leaves every other norm unchanged in
+# float32 (a unit of v ~ N(0, 0.05) with fan-in 27 has sum v^2 ~ 0.07, whose
+# float32 spacing is ~7e-9). The same value as flax.linen.WeightNorm's.
+NORM_EPSILON = 1e-12
+
+
+def batch_mean(x: Array, axis_name: str | None, num_feature_dims: int = 1) -> Array:
+  """Per-feature mean over every leading axis, float32: [..., *F] -> F.
+
+  The leading axes are batch and spatial (sequence) axes; the last
+  `num_feature_dims` axes index the features. Under jit with a sharded batch
+  this is already the global mean; inside shard_map/pmap `axis_name`
+  averages the per-device means (equal shards).
+  """
+  mean = jnp.mean(x.astype(jnp.float32), axis=tuple(range(x.ndim - num_feature_dims)))
+  if axis_name is not None:
+    mean = lax.pmean(mean, axis_name)
+  return mean
+
+
+def batch_mean_and_var(x: Array, axis_name: str | None,
+                       num_feature_dims: int = 1) -> tuple[Array, Array]:
+  """Per-feature mean and biased variance (mean of squared deviations)."""
+  mean = batch_mean(x, axis_name, num_feature_dims)
+  var = batch_mean(jnp.square(x.astype(jnp.float32) - mean), axis_name,
+                   num_feature_dims)
+  return mean, var
+
+
+def data_init_scale_and_bias(
+    t: Array,
+    init_scale: float,
+    epsilon: float,
+    axis_name: str | None = None,
+    num_feature_dims: int = 1,
+) -> tuple[Array, Array]:
+  """The data-dependent init (paper section 2.2) from a layer's output t.
+
+  Args:
+    t: [..., *F] output of the layer on the init batch with unit-norm (WN)
+      or unscaled (`normal`) kernel and no bias.
+    init_scale: wanted std of every unit's pre-activation.
+    epsilon: added to the variance (a constant unit gets a finite scale).
+    axis_name: mapped axis to average the statistics over (shard_map/pmap).
+    num_feature_dims: how many trailing axes of t index the features.
+
+  Returns:
+    (scale, bias), float32 of shape F: scale = init_scale/sqrt(var[t] + eps),
+    bias = -mean[t] * scale, so scale * t + bias has mean 0 and std
+    init_scale per unit on the init batch.
+  """
+  mean, var = batch_mean_and_var(t, axis_name, num_feature_dims)
+  scale = init_scale * lax.rsqrt(var + epsilon)
+  return scale, -mean * scale
+
+
+def canonical_axes(axes: int | Sequence[int], ndim: int) -> tuple[int, ...]:
+  """Kernel feature axes as sorted non-negative ints; ValueError if invalid."""
+  axes = (axes,) if isinstance(axes, int) else tuple(axes)
+  if not axes:
+    raise ValueError("feature_axes must name at least one axis of the kernel.")
+  canonical = []
+  for axis in axes:
+    if not -ndim <= axis < ndim:
+      raise ValueError(f"feature_axes {axes} out of range for a kernel with "
+                       f"{ndim} axes.")
+    canonical.append(axis % ndim)
+  if len(set(canonical)) != len(canonical):
+    raise ValueError(f"feature_axes {axes} repeat an axis.")
+  return tuple(sorted(canonical))
+
+
+def direction_norm(v: Array, feature_axes: int | Sequence[int] = -1,
+                   norm_epsilon: float = NORM_EPSILON) -> Array:
+  """||v|| per output unit, float32, keeping v's rank for broadcasting.
+
+  ||v|| = sqrt(sum v^2 + norm_epsilon), the sum over every axis of v but
+  `feature_axes`: v [kh, kw, in, out] -> [1, 1, 1, out] for feature_axes -1.
+  """
+  axes = canonical_axes(feature_axes, v.ndim)
+  v32 = v.astype(jnp.float32)
+  reduce = tuple(a for a in range(v.ndim) if a not in axes)
+  return jnp.sqrt(jnp.sum(jnp.square(v32), axis=reduce, keepdims=True) + norm_epsilon)
+
+
+def weight_normalized_kernel(v: Array, g: Array, feature_axes: int | Sequence[int] = -1,
+                             norm_epsilon: float = NORM_EPSILON) -> Array:
+  """w = g v/||v|| (eq. 2), float32; g has the shape of v's feature axes."""
+  norm = direction_norm(v, feature_axes, norm_epsilon)
+  g = g.astype(jnp.float32).reshape(norm.shape)
+  return v.astype(jnp.float32) * (g / norm)
+
+
+def einsum_kernel_and_output(einsum_str: str) -> tuple[str, str]:
+  """'bi,io->bo' -> ('io', 'bo'): the kernel's and the output's subscripts."""
+  einsum_str = einsum_str.replace(" ", "")
+  inputs, output = einsum_str.split("->")
+  return inputs.split(",")[1], output

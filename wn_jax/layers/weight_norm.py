@@ -1,7 +1,7 @@
 """`WeightNorm`: weight normalization of any Linen layer with a kernel (eq. 2).
 
 ``w = g v / ||v||`` with ``||v||`` per output unit (`direction_norm`,
-`weight_normalized_kernel`), the data-dependent init inside ``model.init``,
+`weight_normalized_kernel`, written in `wn_jax.ops`), the data-dependent init inside ``model.init``,
 and the default feature axes of the flax layers. The named layers built
 on it are in `wn_layers`; parameterization choices are in
 `parameterization`.
@@ -18,53 +18,17 @@ from flax import linen as nn
 
 from wn_jax.layers.data_init import check_init_order, data_init_scale_and_bias
 from wn_jax.layers.plain import Conv2D
+from wn_jax.ops import (
+  NORM_EPSILON,
+  canonical_axes,
+  direction_norm,
+  einsum_kernel_and_output,
+  weight_normalized_kernel,
+)
 
 Array = jax.Array
 Dtype = Any
 Initializer = Callable[..., Array]
-
-# ||v|| = sqrt(sum v^2 + NORM_EPSILON): keeps w = g v/||v|| and its gradients
-# finite for an all-zero unit of v (a pruned or dead unit; then w = 0 and
-# d w/d v = g/sqrt(NORM_EPSILON)), and leaves every other norm unchanged in
-# float32 (a unit of v ~ N(0, 0.05) with fan-in 27 has sum v^2 ~ 0.07, whose
-# float32 spacing is ~7e-9). The same value as flax.linen.WeightNorm's.
-NORM_EPSILON = 1e-12
-
-
-def _canonical_axes(axes: int | Sequence[int], ndim: int) -> tuple[int, ...]:
-  axes = (axes,) if isinstance(axes, int) else tuple(axes)
-  if not axes:
-    raise ValueError("feature_axes must name at least one axis of the kernel.")
-  canonical = []
-  for axis in axes:
-    if not -ndim <= axis < ndim:
-      raise ValueError(f"feature_axes {axes} out of range for a kernel with "
-                       f"{ndim} axes.")
-    canonical.append(axis % ndim)
-  if len(set(canonical)) != len(canonical):
-    raise ValueError(f"feature_axes {axes} repeat an axis.")
-  return tuple(sorted(canonical))
-
-
-def direction_norm(v: Array, feature_axes: int | Sequence[int] = -1,
-                   norm_epsilon: float = NORM_EPSILON) -> Array:
-  """||v|| per output unit, float32, keeping v's rank for broadcasting.
-
-  ||v|| = sqrt(sum v^2 + norm_epsilon), the sum over every axis of v but
-  `feature_axes`: v [kh, kw, in, out] -> [1, 1, 1, out] for feature_axes -1.
-  """
-  axes = _canonical_axes(feature_axes, v.ndim)
-  v32 = v.astype(jnp.float32)
-  reduce = tuple(a for a in range(v.ndim) if a not in axes)
-  return jnp.sqrt(jnp.sum(jnp.square(v32), axis=reduce, keepdims=True) + norm_epsilon)
-
-
-def weight_normalized_kernel(v: Array, g: Array, feature_axes: int | Sequence[int] = -1,
-                             norm_epsilon: float = NORM_EPSILON) -> Array:
-  """w = g v/||v|| (eq. 2), float32; g has the shape of v's feature axes."""
-  norm = direction_norm(v, feature_axes, norm_epsilon)
-  g = g.astype(jnp.float32).reshape(norm.shape)
-  return v.astype(jnp.float32) * (g / norm)
 
 
 def default_feature_axes(layer: nn.Module) -> tuple[int, ...]:
@@ -85,17 +49,11 @@ def default_feature_axes(layer: nn.Module) -> tuple[int, ...]:
   if isinstance(layer, (nn.Dense, nn.Conv, Conv2D)):
     return (-1,)
   if isinstance(layer, nn.Einsum) and layer.einsum_str is not None:
-    kernel_subscripts, output = _einsum_kernel_and_output(layer.einsum_str)
+    kernel_subscripts, output = einsum_kernel_and_output(layer.einsum_str)
     return tuple(i for i, s in enumerate(kernel_subscripts) if s in output)
   raise ValueError(
       f"WeightNorm has no default feature_axes for {type(layer).__name__}; pass "
       "feature_axes=<the axes of its kernel that index the output features>.")
-
-
-def _einsum_kernel_and_output(einsum_str: str) -> tuple[str, str]:
-  einsum_str = einsum_str.replace(" ", "")
-  inputs, output = einsum_str.split("->")
-  return inputs.split(",")[1], output
 
 
 class WeightNorm(nn.Module):
@@ -193,7 +151,7 @@ class WeightNorm(nn.Module):
                 else getattr(self.layer, "use_bias", True))
     structs = [jax.ShapeDtypeStruct(jnp.shape(a), jnp.result_type(a)) for a in args]
     kernel_struct = self._kernel_struct(layer, structs, kwargs)
-    axes = _canonical_axes(
+    axes = canonical_axes(
         self.feature_axes if self.feature_axes is not None
         else default_feature_axes(self.layer), len(kernel_struct.shape))
     feature_shape = tuple(kernel_struct.shape[a] for a in axes)
@@ -260,7 +218,7 @@ class WeightNorm(nn.Module):
   def _check_einsum_layout(self, axes: tuple[int, ...]) -> None:
     if self.layer.einsum_str is None:
       return
-    kernel_subscripts, output = _einsum_kernel_and_output(self.layer.einsum_str)
+    kernel_subscripts, output = einsum_kernel_and_output(self.layer.einsum_str)
     features = "".join(kernel_subscripts[a] for a in axes)
     if not output.endswith(features):
       raise ValueError(
