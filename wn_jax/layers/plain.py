@@ -108,7 +108,7 @@ def _frozen_scale(
   return y
 
 
-def _dense(x: Array, w: Array) -> Array:
+def dense(x: Array, w: Array) -> Array:
   """x [..., in] @ w [in, out] -> [..., out]."""
   return lax.dot_general(x, w, (((x.ndim - 1,), (0,)), ((), ())))
 
@@ -147,7 +147,7 @@ class PlainDense(nn.Module):
     x = jnp.asarray(x, self.dtype)
     kernel = self.param(
         "kernel", self.kernel_init, (x.shape[-1], self.features), self.param_dtype)
-    return _frozen_scale(self, x, kernel, _dense)
+    return _frozen_scale(self, x, kernel, dense)
 
 
 class PlainConv(nn.Module):

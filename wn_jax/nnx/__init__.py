@@ -1,0 +1,35 @@
+"""wn_jax for Flax NNX: weight normalization with the data-dependent init.
+
+`from wn_jax import nnx as wnx`:
+  wnx.WeightNorm(layer, rngs=...)  weight-normalizes nnx.Linear,
+      nnx.LinearGeneral, nnx.Conv, nnx.ConvTranspose, nnx.Einsum (g, v, b
+      are nnx.Params);
+  wnx.data_init(model, init_batch)  the paper's data-dependent init, one pass;
+  wnx.MeanOnlyBatchNorm, wnx.NormalizedConv / NormalizedDense (the five
+      parameterizations), wnx.CifarNet (the paper's network);
+  wnx.from_linen / to_linen  variables of the Linen CifarNet <-> the NNX one;
+  wnx.fold  the NNX model folded into plain layers for inference.
+The math is `wn_jax.ops`, shared with the Linen layers (`wn_jax.layers`).
+"""
+
+from wn_jax.nnx.convert import fold, from_linen, to_linen
+from wn_jax.nnx.layers import (
+                               BatchNorm,
+                               Conv2D,
+                               Frozen,
+                               MeanOnlyBatchNorm,
+                               NormalizedConv,
+                               NormalizedDense,
+                               PlainConv,
+                               PlainDense,
+                               WeightNorm,
+                               data_init,
+                               default_feature_axes,
+)
+from wn_jax.nnx.models import CifarNet
+
+__all__ = [
+    "BatchNorm", "CifarNet", "Conv2D", "Frozen", "MeanOnlyBatchNorm",
+    "NormalizedConv", "NormalizedDense", "PlainConv", "PlainDense", "WeightNorm",
+    "data_init", "default_feature_axes", "fold", "from_linen", "to_linen",
+]

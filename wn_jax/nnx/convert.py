@@ -1,0 +1,167 @@
+"""Linen variables <-> the NNX model, and folding an NNX model for inference.
+
+`from_linen(model, variables)` loads the variables of `wn_jax.models.CifarNet`
+(`{'params', 'batch_stats', 'frozen'}`, e.g. a restored checkpoint) into the
+NNX `CifarNet` of the same configuration; `to_linen(model)` gives them back,
+so a checkpoint trained on either side is usable on the other. The layers
+keep their variable names (`linear/v`, `norm/mean`, ...); only the layer
+names differ: Linen's `NormalizedConv_i` is NNX's `convs/i`, and
+`NormalizedDense_0` is `dense`. The collection follows the variable type:
+`nnx.Param` <-> 'params', `nnx.BatchStat` <-> 'batch_stats', `Frozen` <->
+'frozen'.
+
+`fold(model)` is `wn_jax.fold` for the NNX model: every Normalized layer
+becomes a plain conv / dense layer (kernel and bias) computing the same
+eval-mode function, through the same `folding.fold_layer`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from wn_jax import folding, ops
+from wn_jax.layers import parameterization as linen_parameterization
+from wn_jax.nnx import layers, models
+
+PyTree = Any
+
+COLLECTIONS = ((nnx.Param, "params"), (nnx.BatchStat, "batch_stats"),
+               (layers.Frozen, "frozen"))
+
+
+def _collection(variable: nnx.Variable) -> str:
+  for kind, name in COLLECTIONS:
+    if isinstance(variable, kind):
+      return name
+  raise TypeError(f"No Linen collection for a {type(variable).__name__}.")
+
+
+def _linen_path(path: tuple) -> tuple[str, ...]:
+  if path[0] == "convs":
+    return (f"NormalizedConv_{path[1]}", *map(str, path[2:]))
+  if path[0] == "dense":
+    return ("NormalizedDense_0", *map(str, path[1:]))
+  raise ValueError(f"No Linen name for the NNX variable at {path}.")
+
+
+def _variables(model: nnx.Module) -> Iterator[tuple[str, tuple[str, ...], nnx.Variable]]:
+  """(collection, Linen path, variable) for every variable of `model`."""
+  for path, node in nnx.iter_graph(model):
+    if isinstance(node, nnx.Variable):
+      yield _collection(node), _linen_path(path), node
+
+
+def to_linen(model: nnx.Module) -> dict[str, PyTree]:
+  """The NNX CifarNet's variables as Linen `CifarNet` variables (new arrays)."""
+  variables: dict[str, Any] = {}
+  for collection, path, variable in _variables(model):
+    node = variables.setdefault(collection, {})
+    for name in path[:-1]:
+      node = node.setdefault(name, {})
+    node[path[-1]] = jnp.asarray(variable[...])
+  return variables
+
+
+def from_linen(model: nnx.Module, variables: Mapping[str, PyTree]) -> None:
+  """Loads Linen `CifarNet` variables into the NNX `model`, in place.
+
+  Raises ValueError when a variable is missing on either side or has
+  another shape (e.g. a model of another width or parameterization).
+  """
+  flat = {}
+  for collection, tree in variables.items():
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+      flat[(collection, *(k.key for k in path))] = leaf
+  used = set()
+  for collection, path, variable in _variables(model):
+    key = (collection, *path)
+    if key not in flat:
+      raise ValueError(f"from_linen: the Linen variables have no {'/'.join(key)}.")
+    value = flat[key]
+    if np.shape(value) != variable.shape:
+      raise ValueError(f"from_linen: {'/'.join(key)} has shape {np.shape(value)}, "
+                       f"the NNX model's {variable.shape}.")
+    variable.set_value(jnp.asarray(value, variable.dtype))
+    used.add(key)
+  unused = sorted("/".join(k) for k in flat.keys() - used)
+  if unused:
+    raise ValueError(f"from_linen: the NNX model has no place for {unused}.")
+
+
+def _values(module: nnx.Module | None, kind: type, names: tuple[str, ...]) -> dict:
+  return {name: getattr(module, name)[...] for name in names
+          if isinstance(getattr(module, name, None), kind)}
+
+
+def fold(model: nnx.Module) -> nnx.Module:
+  """A folded copy of an NNX model built from `layers.NormalizedConv`/`Dense`.
+
+  Every such layer of the copy gets parameterization 'folded': its `linear`
+  is a plain `layers.Conv2D` / nnx.Linear holding the kernel and bias of
+  `folding.fold_layer` (w = g v/||v||, the frozen scale and both batch norms
+  folded in) and its `norm` is gone; `folded(x, train=False)` equals
+  `model(x, train=False)` (to float32 rounding). `model` is not changed.
+  """
+  parameterization = getattr(model, "parameterization", None)
+  if parameterization == linen_parameterization.FOLDED:
+    raise ValueError("The model is already folded.")
+  linen_parameterization.check_parameterization(parameterization)
+  folded = nnx.clone(model)
+  found = [node for _, node in nnx.iter_graph(folded)
+           if isinstance(node, (layers.NormalizedConv, layers.NormalizedDense))]
+  if not found:
+    raise ValueError("fold found no NormalizedConv/NormalizedDense layer.")
+  for layer in found:
+    linear = _values(layer.linear, nnx.Param, ("v", "g", "b", "kernel"))
+    frozen = _values(layer.linear, layers.Frozen, ("scale",)).get("scale")
+    norm_params = _values(layer.norm, nnx.Param, ("scale", "b")) or None
+    norm_stats = _values(layer.norm, nnx.BatchStat, ("mean", "var")) or None
+    plain = folding.fold_layer(layer.parameterization, linear, norm_params,
+                               norm_stats, frozen, getattr(model, "bn_epsilon", 1e-6))
+    if isinstance(layer, layers.NormalizedConv):
+      new = layers.NormalizedConv(
+          layer.in_features, layer.features, layer.kernel_size, strides=layer.strides,
+          padding=layer.padding, parameterization=linen_parameterization.FOLDED,
+          dtype=layer.dtype, rngs=nnx.Rngs(0))
+    else:
+      new = layers.NormalizedDense(layer.in_features, layer.features,
+                                   parameterization=linen_parameterization.FOLDED,
+                                   dtype=layer.dtype, rngs=nnx.Rngs(0))
+    new.linear.kernel.set_value(plain["kernel"])
+    new.linear.bias.set_value(plain["bias"])
+    layer.linear, layer.norm = new.linear, new.norm
+    layer.parameterization = linen_parameterization.FOLDED
+  folded.parameterization = linen_parameterization.FOLDED
+  return folded
+
+
+def draw_as_linen(model: nnx.Module, params_key: jax.Array) -> None:
+  """Redraws the NNX CifarNet's directions as the Linen CifarNet draws them.
+
+  Every Normalized layer's `v` (weight norm) or `kernel` (plain layers) is
+  drawn from the key Linen's `init` gives the layer's 'linear' scope
+  (`models.linen_rng(params_key, 'NormalizedConv_3', 'linear', 1)`), with
+  the same initializer (N(0, 0.05) for `wn`, `wn_mobn` and `bn`, Glorot
+  uniform for `normal` and `mobn`), and `g` is reset to ||v||. So
+  `model.init({'params': key, ...})` of the Linen network and this plus
+  `layers.data_init` start from the same point.
+  """
+  for path, layer in nnx.iter_graph(model):
+    if not isinstance(layer, (layers.NormalizedConv, layers.NormalizedDense)):
+      continue
+    linear = layer.linear
+    weight_norm = isinstance(linear, layers.WeightNorm)
+    variable = linear.v if weight_norm else linear.kernel
+    init = (layers.default_v_init if layer.parameterization in ("wn", "wn_mobn", "bn")
+            else nnx.initializers.glorot_uniform())
+    key = models.linen_rng(params_key, _linen_path(path)[0], "linear", 1)
+    variable.set_value(init(key, variable.shape, variable.dtype))
+    if weight_norm:
+      norm = ops.direction_norm(linear.v[...], linear.feature_axes, linear.norm_epsilon)
+      linear.g.set_value(norm.reshape(linear.g.shape).astype(linear.g.dtype))
