@@ -87,6 +87,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # XLA:CPU) or 'auto' (per_tap on CPU, xla on GPU/TPU).
   config.model.conv_weight_grad = "auto"
   config.model.dtype = "float32"  # or 'bfloat16' (params stay float32).
+  # 'linen' (wn_jax.models) or 'nnx' (wn_jax.nnx): the same network and
+  # numbers, the same checkpoints; the loop stays functional either way.
+  config.model.api = "linen"
   # float32 conv/matmul arithmetic: 'default' (the backend's: TF32 on NVIDIA
   # Ampere/Hopper GPUs), 'high' (3 bfloat16 passes) or 'highest' (full
   # float32, as the paper's 2016 GPUs computed).

@@ -25,7 +25,7 @@ RESUMABLE_KEYS = ("log_every_steps", "log_norms_every_steps", "checkpoint_every_
                   "distributed.coordinator_address", "distributed.num_processes",
                   "distributed.process_id", "sweep.member_loop",
                   "model.conv_weight_grad", "data.folder", "data.tfds_data_dir",
-                  "data.cache_dir", "eval_every_epochs")
+                  "data.cache_dir", "eval_every_epochs", "model.api")
 # float32 convs and matmuls: 'default' lets the backend choose (TF32 on
 # NVIDIA Ampere/Hopper GPUs), 'highest' computes in full float32.
 MATMUL_PRECISIONS = ("default", "high", "highest")
@@ -39,6 +39,9 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
 
   parameterization.check_parameterization(config.model.parameterization)
   data_init.check_init_order(config.model.init_order)
+  if config.model.api not in steps.MODEL_APIS:
+    raise ValueError(f"config.model.api must be one of {', '.join(steps.MODEL_APIS)}, "
+                     f"got {config.model.api!r}.")
   positive("optimizer.learning_rate", config.optimizer.learning_rate)
   positive("batch_size", config.batch_size)
   positive("num_epochs", config.num_epochs)

@@ -1,8 +1,9 @@
 """The model, the optimizer, and the pure step functions.
 
-`TrainState`; `create_model` and `create_optimizer` (Adam with the
-authors' per-epoch schedules); the one-member `initialize` (the
-data-dependent init), `train_step`, `eval_step` and `weight_norm_stats`;
+`TrainState`; `create_model` (the Linen CifarNet, or its NNX twin with
+`model.api='nnx'`) and `create_optimizer` (Adam with the authors' per-epoch
+schedules); the one-member `initialize` (the data-dependent init),
+`train_step`, `eval_step` and `weight_norm_stats`;
 and their sweep versions, which run every member (`over_members`: vmapped
 or unrolled) and gather each batch from indices into the on-device data.
 
@@ -29,12 +30,16 @@ from flax import struct
 
 from wn_jax import models
 from wn_jax.data import batches
+from wn_jax.nnx.functional import FunctionalCifarNet
 
 Array = jax.Array
 PyTree = Any
 
 CONV_WEIGHT_GRADS = ("auto", "xla", "per_tap")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+# The module system the network is written in: Flax Linen (wn_jax.models) or
+# Flax NNX (wn_jax.nnx), trained by the same functional loop.
+MODEL_APIS = ("linen", "nnx")
 
 
 @struct.dataclass
@@ -63,18 +68,22 @@ class TrainState:
 # Model, optimizer, and the pure step functions (one member each).
 
 
-def create_model(config: ml_collections.ConfigDict, num_classes: int) -> models.CifarNet:
+def create_model(config: ml_collections.ConfigDict, num_classes: int
+                 ) -> models.CifarNet | FunctionalCifarNet:
+  """The Linen CifarNet, or with `model.api='nnx'` its NNX twin behind the
+  same init/apply interface (same variables, same numbers)."""
   conv_weight_grad = config.model.conv_weight_grad
   if conv_weight_grad == "auto":  # per-tap matmuls only pay off on XLA:CPU.
     conv_weight_grad = "per_tap" if jax.default_backend() == "cpu" else "xla"
   m = config.model
-  return models.CifarNet(
+  model = models.CifarNet(
       num_classes=num_classes, width=m.width, parameterization=m.parameterization,
       data_init=m.data_init, init_scale=m.init_scale, init_order=m.init_order,
       input_noise=m.input_noise,
       dropout_rate=m.dropout_rate, leaky_relu_slope=m.leaky_relu_slope,
       bn_momentum=m.bn_momentum, bn_epsilon=m.bn_epsilon,
       conv_weight_grad=conv_weight_grad, dtype=DTYPES[m.dtype])
+  return FunctionalCifarNet.like(model) if m.api == "nnx" else model
 
 
 def learning_rate_and_b1(config: ml_collections.ConfigDict, steps_per_epoch: int,
