@@ -1,10 +1,10 @@
 """`WeightNorm`: weight normalization of any Linen layer with a kernel (eq. 2).
 
 ``w = g v / ||v||`` with ``||v||`` per output unit (`direction_norm`,
-`weight_normalized_kernel`, written in `wn_jax.ops`), the data-dependent init inside ``model.init``,
-and the default feature axes of the flax layers. The named layers built
-on it are in `wn_layers`; parameterization choices are in
-`parameterization`.
+`weight_normalized_kernel`, written in `wn_jax.ops`), the data-dependent
+init inside ``model.init``, and the default feature axes of the flax
+layers. The named layers built on it are in `wn_layers`; parameterization
+choices are in `parameterization`.
 """
 
 from __future__ import annotations

@@ -336,7 +336,8 @@ class _Plain(_DataInitLayer):
 
 
 class PlainDense(_Plain):
-  """Dense layer of the paper's `normal` parameterization (`wn_jax.layers.plain.PlainDense`).
+  """Dense layer of the paper's `normal` parameterization (as
+  `wn_jax.layers.plain.PlainDense`).
 
   Parameters `kernel [in, features]` (Glorot uniform), `b [features]`;
   `scale [features]` (`Frozen`) with `data_init=True`.
@@ -519,7 +520,8 @@ class _Normalized(nnx.Module):
 
 
 class NormalizedConv(_Normalized):
-  """A 2-D conv in one of the paper's parameterizations (`wn_jax.layers.parameterization.NormalizedConv`).
+  """A 2-D conv in one of the paper's parameterizations (as
+  `wn_jax.layers.parameterization.NormalizedConv`).
 
   `parameterization`: 'normal' (`PlainConv`, frozen data-init scale), 'wn'
   (`WeightNorm(Conv2D)`), 'bn' (`PlainConv` without bias, N(0, 0.05), then
