@@ -12,21 +12,13 @@
 The math is `wn_jax.ops`, shared with the Linen layers (`wn_jax.layers`).
 """
 
+from wn_jax.nnx.batch_norm import BatchNorm, MeanOnlyBatchNorm
 from wn_jax.nnx.convert import fold, from_linen, to_linen
-from wn_jax.nnx.layers import (
-                               BatchNorm,
-                               Conv2D,
-                               Frozen,
-                               MeanOnlyBatchNorm,
-                               NormalizedConv,
-                               NormalizedDense,
-                               PlainConv,
-                               PlainDense,
-                               WeightNorm,
-                               data_init,
-                               default_feature_axes,
-)
+from wn_jax.nnx.data_init import data_init
 from wn_jax.nnx.models import CifarNet
+from wn_jax.nnx.parameterization import NormalizedConv, NormalizedDense
+from wn_jax.nnx.plain import Conv2D, Frozen, PlainConv, PlainDense
+from wn_jax.nnx.weight_norm import WeightNorm, default_feature_axes
 
 __all__ = [
     "BatchNorm", "CifarNet", "Conv2D", "Frozen", "MeanOnlyBatchNorm",

@@ -27,12 +27,15 @@ from flax import nnx
 
 from wn_jax import folding, ops
 from wn_jax.layers import parameterization as linen_parameterization
-from wn_jax.nnx import layers, models
+from wn_jax.nnx import models
+from wn_jax.nnx.parameterization import NormalizedConv, NormalizedDense
+from wn_jax.nnx.plain import Frozen, default_v_init
+from wn_jax.nnx.weight_norm import WeightNorm
 
 PyTree = Any
 
 COLLECTIONS = ((nnx.Param, "params"), (nnx.BatchStat, "batch_stats"),
-               (layers.Frozen, "frozen"))
+               (Frozen, "frozen"))
 
 
 def _collection(variable: nnx.Variable) -> str:
@@ -100,10 +103,10 @@ def _values(module: nnx.Module | None, kind: type, names: tuple[str, ...]) -> di
 
 
 def fold(model: nnx.Module) -> nnx.Module:
-  """A folded copy of an NNX model built from `layers.NormalizedConv`/`Dense`.
+  """A folded copy of an NNX model built from `NormalizedConv`/`Dense`.
 
   Every such layer of the copy gets parameterization 'folded': its `linear`
-  is a plain `layers.Conv2D` / nnx.Linear holding the kernel and bias of
+  is a plain `Conv2D` / nnx.Linear holding the kernel and bias of
   `folding.fold_layer` (w = g v/||v||, the frozen scale and both batch norms
   folded in) and its `norm` is gone; `folded(x, train=False)` equals
   `model(x, train=False)` (to float32 rounding). `model` is not changed.
@@ -114,23 +117,23 @@ def fold(model: nnx.Module) -> nnx.Module:
   linen_parameterization.check_parameterization(parameterization)
   folded = nnx.clone(model)
   found = [node for _, node in nnx.iter_graph(folded)
-           if isinstance(node, (layers.NormalizedConv, layers.NormalizedDense))]
+           if isinstance(node, (NormalizedConv, NormalizedDense))]
   if not found:
     raise ValueError("fold found no NormalizedConv/NormalizedDense layer.")
   for layer in found:
     linear = _values(layer.linear, nnx.Param, ("v", "g", "b", "kernel"))
-    frozen = _values(layer.linear, layers.Frozen, ("scale",)).get("scale")
+    frozen = _values(layer.linear, Frozen, ("scale",)).get("scale")
     norm_params = _values(layer.norm, nnx.Param, ("scale", "b")) or None
     norm_stats = _values(layer.norm, nnx.BatchStat, ("mean", "var")) or None
     plain = folding.fold_layer(layer.parameterization, linear, norm_params,
                                norm_stats, frozen, getattr(model, "bn_epsilon", 1e-6))
-    if isinstance(layer, layers.NormalizedConv):
-      new = layers.NormalizedConv(
+    if isinstance(layer, NormalizedConv):
+      new = NormalizedConv(
           layer.in_features, layer.features, layer.kernel_size, strides=layer.strides,
           padding=layer.padding, parameterization=linen_parameterization.FOLDED,
           dtype=layer.dtype, rngs=nnx.Rngs(0))
     else:
-      new = layers.NormalizedDense(layer.in_features, layer.features,
+      new = NormalizedDense(layer.in_features, layer.features,
                                    parameterization=linen_parameterization.FOLDED,
                                    dtype=layer.dtype, rngs=nnx.Rngs(0))
     new.linear.kernel.set_value(plain["kernel"])
@@ -150,15 +153,15 @@ def draw_as_linen(model: nnx.Module, params_key: jax.Array) -> None:
   the same initializer (N(0, 0.05) for `wn`, `wn_mobn` and `bn`, Glorot
   uniform for `normal` and `mobn`), and `g` is reset to ||v||. So
   `model.init({'params': key, ...})` of the Linen network and this plus
-  `layers.data_init` start from the same point.
+  `wn_jax.nnx.data_init` start from the same point.
   """
   for path, layer in nnx.iter_graph(model):
-    if not isinstance(layer, (layers.NormalizedConv, layers.NormalizedDense)):
+    if not isinstance(layer, (NormalizedConv, NormalizedDense)):
       continue
     linear = layer.linear
-    weight_norm = isinstance(linear, layers.WeightNorm)
+    weight_norm = isinstance(linear, WeightNorm)
     variable = linear.v if weight_norm else linear.kernel
-    init = (layers.default_v_init if layer.parameterization in ("wn", "wn_mobn", "bn")
+    init = (default_v_init if layer.parameterization in ("wn", "wn_mobn", "bn")
             else nnx.initializers.glorot_uniform())
     key = models.linen_rng(params_key, _linen_path(path)[0], "linear", 1)
     variable.set_value(init(key, variable.shape, variable.dtype))

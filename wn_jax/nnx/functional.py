@@ -20,7 +20,8 @@ from typing import Any
 import jax
 from flax import nnx
 
-from wn_jax.nnx import convert, layers, models
+from wn_jax.nnx import convert, models
+from wn_jax.nnx.data_init import data_init
 
 Array = jax.Array
 PyTree = Any
@@ -34,7 +35,7 @@ class FunctionalCifarNet:
 
   `init(rngs, x, train=True)` builds the network, draws every v / kernel
   from `rngs['params']` as the Linen CifarNet's `init` does
-  (`convert.draw_as_linen`), runs `layers.data_init` on x with the
+  (`convert.draw_as_linen`), runs `data_init` on x with the
   'noise' and 'dropout' keys (when `data_init`), and returns the variables
   in the Linen layout. `apply(variables, x, train=..., rngs=...,
   mutable=[...])` is Linen's `apply`: the logits, and with `mutable` the
@@ -73,7 +74,7 @@ class FunctionalCifarNet:
     model = self._build(nnx.Rngs(0))
     convert.draw_as_linen(model, rngs["params"])
     if self.kwargs.get("data_init", True):
-      layers.data_init(model, x, train=train, init_order=self.init_order,
+      data_init(model, x, train=train, init_order=self.init_order,
                        rngs={"noise": rngs["noise"], "dropout": rngs["dropout"]})
     return convert.to_linen(model)
 

@@ -19,7 +19,7 @@ from flax import nnx
 from flax.core.scope import LazyRng
 
 from wn_jax.layers import parameterization as linen_parameterization
-from wn_jax.nnx import layers
+from wn_jax.nnx.parameterization import NormalizedConv, NormalizedDense
 
 Array = jax.Array
 
@@ -46,9 +46,9 @@ class CifarNet(nnx.Module):
   3x3 conv 2*`width` VALID, lReLU -> 2 x [1x1 conv 2*`width`, lReLU] ->
   global average pool -> dense `num_classes`.
 
-  Layers: `convs[0..8]` (`layers.NormalizedConv`, Linen's
-  `NormalizedConv_0..8`) and `dense` (`layers.NormalizedDense`, Linen's
-  `NormalizedDense_0`). `layers.data_init(model, x, train=True, rngs=...)`
+  Layers: `convs[0..8]` (`NormalizedConv`, Linen's
+  `NormalizedConv_0..8`) and `dense` (`NormalizedDense`, Linen's
+  `NormalizedDense_0`). `wn_jax.nnx.data_init(model, x, train=True, rngs=...)`
   is the data-dependent init (in training mode, as in the authors' code).
 
   Call as `model(x, train=..., rngs=...)` with x `[batch, height, width,
@@ -81,10 +81,10 @@ class CifarNet(nnx.Module):
              + [(width, wide, (3, 3), "SAME")] + [(wide, wide, (3, 3), "SAME")] * 2
              + [(wide, wide, (3, 3), "VALID")] + [(wide, wide, (1, 1), "SAME")] * 2)
     self.convs = nnx.List([
-        layers.NormalizedConv(i, o, k, padding=p, conv_weight_grad=conv_weight_grad,
+        NormalizedConv(i, o, k, padding=p, conv_weight_grad=conv_weight_grad,
                               **norm)
         for i, o, k, p in specs])
-    self.dense = layers.NormalizedDense(wide, num_classes, **norm)
+    self.dense = NormalizedDense(wide, num_classes, **norm)
     self.dropouts = nnx.List([nnx.Dropout(dropout_rate) for _ in range(2)])
 
   def __call__(self, x: Array, *, train: bool,
