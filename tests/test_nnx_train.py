@@ -55,3 +55,64 @@ def test_unknown_api_fails_clearly(image_folder):
   config.model.api = "haiku"
   with pytest.raises(ValueError, match="config.model.api must be one of"):
     config_checks.validate_config(config, 1)
+
+
+def _member(state, k):
+  return jax.tree.map(lambda x: x[k], state)
+
+
+def _assert_trees_equal(a, b, atol):
+  assert jax.tree.structure(a) == jax.tree.structure(b)
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=0, atol=atol)
+
+
+@pytest.mark.slow  # four training runs
+def test_nnx_run_resumes_and_takes_over_a_linen_checkpoint(image_folder, tmp_path):
+  def config(api, num_epochs=2):
+    c = tiny_config(image_folder, "wn_mobn")
+    c.model.api = api
+    c.num_epochs = num_epochs
+    c.ema_decay = 0.9  # the parameters' moving average resumes too
+    return c
+
+  uninterrupted = train.train_and_evaluate(config("nnx"), str(tmp_path / "a"))
+  for first_api in ("nnx", "linen"):  # "killed" after epoch 1's checkpoint
+    workdir = str(tmp_path / first_api)
+    train.train_and_evaluate(config(first_api, num_epochs=1), workdir)
+    os.remove(os.path.join(workdir, "config.json"))  # the user restarts, 2 epochs
+    resumed = train.train_and_evaluate(config("nnx"), workdir)
+    assert int(resumed.step) == int(uninterrupted.step) == 12
+    # nnx -> nnx is the same program: bitwise. linen -> nnx: the first epoch
+    # ran through Linen (measured equal to the NNX epoch within 1e-5 above).
+    _assert_trees_equal(resumed, uninterrupted, atol=0 if first_api == "nnx" else 1e-5)
+    assert ([r["step"] for r in _records(workdir)] ==
+            [r["step"] for r in _records(tmp_path / "a")])
+
+
+@pytest.mark.slow  # a two-member sweep on each API, and one member alone
+def test_nnx_two_member_sweep_equals_its_members_alone_and_the_linen_sweep(
+    image_folder, tmp_path):
+  def config(api, **sweep):
+    c = tiny_config(image_folder, "wn")
+    c.model.api = api
+    c.num_epochs = 1
+    for key, values in sweep.items():
+      setattr(c.sweep, key, values)
+    return c
+
+  members = dict(seed=(0, 1), learning_rate=(1e-3, 3e-3), init_scale=(1.0, 0.5))
+  swept = train.train_and_evaluate(config("nnx", **members), str(tmp_path / "nnx"))
+  assert np.asarray(swept.step).tolist() == [6, 6]
+  alone = train.train_and_evaluate(
+      config("nnx", seed=(1,), learning_rate=(3e-3,), init_scale=(0.5,)),
+      str(tmp_path / "alone"))
+  # 1e-5 as the Linen member tests (measured there 1.8e-7..1.1e-6).
+  _assert_trees_equal(_member(swept, 1), _member(alone, 0), atol=1e-5)
+  linen = train.train_and_evaluate(config("linen", **members), str(tmp_path / "linen"))
+  _assert_trees_equal(swept, linen, atol=1e-5)
+  assert not np.allclose(jax.tree.leaves(_member(swept, 0).params)[0],
+                         jax.tree.leaves(_member(swept, 1).params)[0])
+  name = "wn_lr0.003_s1_is0.5"
+  _assert_records_close(_records(tmp_path / "linen" / name),
+                        _records(tmp_path / "nnx" / name))

@@ -75,7 +75,7 @@ class FunctionalCifarNet:
     convert.draw_as_linen(model, rngs["params"])
     if self.kwargs.get("data_init", True):
       data_init(model, x, train=train, init_order=self.init_order,
-                       rngs={"noise": rngs["noise"], "dropout": rngs["dropout"]})
+                rngs={"noise": rngs["noise"], "dropout": rngs["dropout"]})
     return convert.to_linen(model)
 
   def apply(self, variables: Mapping[str, PyTree], x: Array, *, train: bool,
