@@ -1,10 +1,15 @@
 """Shared fixtures: a tiny generated image-folder data set and a tiny config.
 
-Also a persistent XLA compilation cache for this test session (a fresh
-temporary folder, removed at exit): many tests, and the subprocesses they
-start, compile the same tiny model, and would otherwise compile it each
-time. A cache hit loads the executable the first compile produced, so
-results are unchanged.
+Also a persistent XLA compilation cache: many tests, and the subprocesses
+they start, compile the same tiny models, and the compiles dominate the
+fast tier's time on a CPU. The cache lives in the user's cache folder
+(`$XDG_CACHE_HOME/wn_jax/test-xla-cache`, at most 1 GiB, least recently
+used entries evicted), so the next run of the suite recompiles only what a
+change touched; `WN_JAX_TEST_XLA_CACHE=<dir>` puts it elsewhere, `=fresh`
+uses a temporary folder removed at exit (a cold run). A hit loads the
+executable an earlier compile of the same program produced (the key holds
+the program, the compile options, jax's and XLA's versions and the
+devices), so results are unchanged.
 """
 
 import atexit
@@ -13,10 +18,22 @@ import shutil
 import sys
 import tempfile
 
+
+def _xla_cache_dir() -> str:
+  chosen = os.environ.get("WN_JAX_TEST_XLA_CACHE", "")
+  if chosen == "fresh":
+    directory = tempfile.mkdtemp(prefix="wn_jax_tests_xla_cache_")
+    atexit.register(shutil.rmtree, directory, ignore_errors=True)
+    return directory
+  if chosen:
+    return chosen
+  user_cache = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
+  return os.path.join(user_cache, "wn_jax", "test-xla-cache")
+
+
 # Before jax is imported anywhere; subprocesses inherit the environment.
-_XLA_CACHE_DIR = tempfile.mkdtemp(prefix="wn_jax_tests_xla_cache_")
-atexit.register(shutil.rmtree, _XLA_CACHE_DIR, ignore_errors=True)
-os.environ["JAX_COMPILATION_CACHE_DIR"] = _XLA_CACHE_DIR
+os.environ["JAX_COMPILATION_CACHE_DIR"] = _xla_cache_dir()
+os.environ["JAX_COMPILATION_CACHE_MAX_SIZE"] = str(1 << 30)
 os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
 os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
 

@@ -158,6 +158,7 @@ def _write_folder(root, images, labels, class_names, split):
     counts[label] = counts.get(label, 0) + 1
 
 
+@pytest.mark.slow  # 3 s on the 2-core CPU
 def test_command_matches_a_jpeg_copy_and_reports_the_encoders_psnr(tmp_path, capsys):
   class_names = ["ant", "bee", "cat"]
   rng = np.random.default_rng(0)

@@ -170,6 +170,7 @@ def test_unknown_source_lists_valid_ones(tmp_path):
 # tfds source.
 
 
+@pytest.mark.slow  # 7 s on the 2-core CPU
 def test_tfds_source_matches_folder_format(tmp_path):
   tfds = pytest.importorskip("tensorflow_datasets")
   _make_folder(tmp_path)

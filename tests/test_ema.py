@@ -13,6 +13,7 @@ from conftest import tiny_config
 from wn_jax import config_checks, steps, train
 
 
+@pytest.mark.slow  # 46 s on the 2-core CPU
 def test_the_average_follows_its_formula_step_by_step(image_folder):
   config = tiny_config(image_folder, "wn_mobn")
   decay = 0.75

@@ -37,6 +37,7 @@ def _trained_like(parameterization, key=0):
 
 
 @pytest.mark.parametrize("parameterization", PARAMETERIZATIONS)
+@pytest.mark.slow  # 31 s on the 2-core CPU
 def test_folded_model_has_the_same_eval_logits(parameterization):
   model, variables, x = _trained_like(parameterization)
   folded_model, folded = wn_jax.fold(model, variables)
@@ -59,6 +60,7 @@ def test_folded_model_exports_and_the_artifact_gives_the_same_logits(parameteriz
                              rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow  # 2 s on the 2-core CPU
 def test_fold_layer_bn_formula():
   k = jax.random.split(jax.random.key(0), 6)
   kernel = jax.random.normal(k[0], (5, 3))

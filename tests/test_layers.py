@@ -76,6 +76,7 @@ def test_wn_conv_transpose_matches_flax_conv_transpose(padding, strides):
   np.testing.assert_allclose(out, expected_flax, rtol=RTOL, atol=ATOL)
 
 
+@pytest.mark.slow  # 4 s on the 2-core CPU
 def test_parameter_shapes_and_layout():
   x = jnp.ones((2, 8, 8, 3))
   p = wn_layers.WNConv(5, (3, 2)).init(jax.random.key(0), x + jax.random.normal(
@@ -115,6 +116,7 @@ class _DeepNet(nn.Module):
 @pytest.mark.parametrize("parameterization, init_scale", [
     ("wn", 1.0), ("wn", 0.3), ("wn_mobn", 1.0), ("wn_mobn", 0.3),
     ("normal", 0.3), ("mobn", 0.3)])
+@pytest.mark.slow  # 36 s on the 2-core CPU
 def test_data_dependent_init_standardises_every_layer(parameterization, init_scale):
   # An init batch far from standardised: mean 5, std 7.
   init_batch = 5.0 + 7.0 * jax.random.normal(jax.random.key(0), (64, 12, 12, 3))
@@ -136,6 +138,7 @@ def test_data_dependent_init_standardises_every_layer(parameterization, init_sca
     assert all(np.all(params[name]["norm"]["b"] == 0) for name in params)
 
 
+@pytest.mark.slow  # 3 s on the 2-core CPU
 def test_init_statistics_are_those_of_the_formula():
   x = 3.0 + 2.0 * jax.random.normal(jax.random.key(0), (50, 6))
   layer = wn_layers.WNDense(4, init_scale=0.7)
@@ -157,6 +160,7 @@ def test_non_data_dependent_init_starts_at_w_equals_v():
 
 # 3. Gradients: paper eq. 3 and 4, orthogonality, and the growth of ||v||.
 
+@pytest.mark.slow  # 9 s on the 2-core CPU
 def test_gradients_match_paper_equation_3():
   x = jax.random.normal(jax.random.key(0), (2, 6, 6, 3))
   target = jax.random.normal(jax.random.key(1), (2, 6, 6, 5))
@@ -189,6 +193,7 @@ def test_gradients_match_paper_equation_3():
   np.testing.assert_allclose(cosine, 0.0, atol=1e-5)
 
 
+@pytest.mark.slow  # 4 s on the 2-core CPU
 def test_norm_of_v_grows_under_sgd():
   """Paper section 2.1: with grad_v orthogonal to v, ||v|| never decreases."""
   key_x, key_y, key_init = jax.random.split(jax.random.key(0), 3)
@@ -235,6 +240,7 @@ def test_output_invariant_to_scaling_v():
 # 5. g of the transposed conv lives on the output channels, and its data
 #    init standardises the (strided, unevenly covered) output.
 
+@pytest.mark.slow  # 3 s on the 2-core CPU
 def test_conv_transpose_g_per_output_channel():
   x = jax.random.normal(jax.random.key(0), (2, 4, 4, 3))
   p = wn_layers.WNConvTranspose(7, (3, 3), strides=(2, 2)).init(jax.random.key(1), x)["params"]
@@ -283,6 +289,7 @@ def test_constant_init_batch_gives_finite_parameters(parameterization):
 
 # 7. Mean-only batch norm.
 
+@pytest.mark.slow  # 2 s on the 2-core CPU
 def test_mean_only_batch_norm_train_and_eval():
   x = 3.0 + 2.0 * jax.random.normal(jax.random.key(0), (8, 5, 5, 4))
   bn = batch_norm.MeanOnlyBatchNorm(momentum=0.9)

@@ -30,6 +30,7 @@ def _standardized(y, init_scale, feature_dims=1, atol=1e-4):
 # --- WeightNorm: parameters, layers, init -----------------------------------
 
 
+@pytest.mark.slow  # 2 s on the 2-core CPU
 def test_g_v_b_are_params_that_grad_and_optimizer_train():
   model = wnx.WeightNorm(nnx.Linear(4, 3, rngs=nnx.Rngs(0)), rngs=nnx.Rngs(1))
   params = nnx.state(model, nnx.Param)
@@ -78,6 +79,7 @@ def _layers_and_linen_twins():
 
 
 @pytest.mark.parametrize("index", range(7))
+@pytest.mark.slow  # 21 s on the 2-core CPU
 def test_weight_norm_matches_the_layer_with_w_and_the_linen_wrapper(index):
   layer, linen_layer, shape = _layers_and_linen_twins()[index]
   x = jax.random.normal(jax.random.key(3), shape) * 2 + 1
@@ -131,6 +133,7 @@ class TwoLayers(nnx.Module):
     return self.second(self.hidden[...])
 
 
+@pytest.mark.slow  # 4 s on the 2-core CPU
 def test_sequential_init_standardizes_each_layer_on_the_initialised_outputs_before_it():
   x = jax.random.normal(jax.random.key(0), (256, 5)) * 3 + 1
   model = TwoLayers(nnx.Rngs(0))
@@ -172,6 +175,7 @@ def test_data_init_under_nnx_jit_equals_eager():
     np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
 
 
+@pytest.mark.slow  # 4 s on the 2-core CPU
 def test_mean_only_batch_norm_after_weight_norm_without_bias():
   r = nnx.Rngs(0)
   wn = wnx.WeightNorm(nnx.Conv(3, 6, (3, 3), use_bias=False, rngs=r), init_scale=0.3,
@@ -263,6 +267,7 @@ PARITY = {}
 
 
 @pytest.mark.parametrize("parameterization", PARAMETERIZATIONS)
+@pytest.mark.slow  # 20 s on the 2-core CPU
 def test_nnx_and_linen_networks_agree_after_init_in_logits_and_gradients(parameterization):
   linen, linen_vars, model, x, keys = _linen_and_nnx(parameterization)
   init_diff = _max_abs_diff(linen_vars, wnx.to_linen(model))
@@ -295,6 +300,7 @@ def test_nnx_and_linen_networks_agree_after_init_in_logits_and_gradients(paramet
   print("parity", parameterization, PARITY[parameterization])
 
 
+@pytest.mark.slow  # 12 s on the 2-core CPU
 def test_converter_round_trip_and_errors():
   linen, linen_vars, model, x, _ = _linen_and_nnx("wn_mobn")
   other = wnx.CifarNet(width=4, parameterization="wn_mobn", rngs=nnx.Rngs(9))
@@ -327,6 +333,7 @@ def test_fold_gives_the_same_eval_logits(parameterization):
     wnx.fold(folded)
 
 
+@pytest.mark.slow  # 3 s on the 2-core CPU
 def test_frozen_scale_is_set_by_the_init_and_not_trained():
   _, _, model, x, keys = _linen_and_nnx("normal")
   scale = model.convs[0].linear.scale
@@ -372,6 +379,7 @@ def test_flax_nnx_weight_norm_as_in_the_table():
   assert ours.g.shape == (5,)  # the output channels
 
 
+@pytest.mark.slow  # 9 s on the 2-core CPU
 def test_readme_nnx_example_runs_and_prints_what_the_readme_shows(capsys):
   with open(os.path.join(REPO_ROOT, "README.md")) as f:
     readme = f.read()
@@ -393,6 +401,7 @@ def test_readme_nnx_example_runs_and_prints_what_the_readme_shows(capsys):
 
 
 @pytest.mark.parametrize("parameterization", ["normal", "wn_mobn"])
+@pytest.mark.slow  # 24 s on the 2-core CPU
 def test_functional_model_inits_and_applies_as_the_linen_model(parameterization):
   from wn_jax.nnx.functional import FunctionalCifarNet
   x = jax.random.normal(jax.random.key(0), (20, 12, 12, 3)) * 2 + 1

@@ -26,6 +26,7 @@ def _fake_workdir(root, parameterization, lr, seed, final_error):
   return str(root)
 
 
+@pytest.mark.slow  # 2 s on the 2-core CPU
 def test_every_plot_kind_writes_a_png(tmp_path, capsys):
   runs = [_fake_workdir(tmp_path / f"r{i}", p, lr, seed, err)
           for i, (p, lr, seed, err) in enumerate([

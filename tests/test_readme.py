@@ -3,9 +3,11 @@
 import os
 import re
 
+import pytest
 from conftest import REPO_ROOT
 
 
+@pytest.mark.slow  # 7 s on the 2-core CPU
 def test_readme_layers_example_runs(capsys):
   with open(os.path.join(REPO_ROOT, "README.md")) as f:
     readme = f.read()
@@ -14,6 +16,7 @@ def test_readme_layers_example_runs(capsys):
   assert "'v': (3, 3, 3, 32)" in capsys.readouterr().out
 
 
+@pytest.mark.slow  # 15 s on the 2-core CPU
 def test_readme_weight_norm_fold_export_example_runs(capsys):
   with open(os.path.join(REPO_ROOT, "README.md")) as f:
     readme = f.read()

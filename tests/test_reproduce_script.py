@@ -121,6 +121,7 @@ def test_staged_parts_are_joined_checked_and_trained_on_with_the_named_overrides
   assert (tmp_path / "out" / f"logs_{name}.tgz").exists()
 
 
+@pytest.mark.slow  # 30 s on the 2-core CPU
 def test_a_missing_part_stops_before_training(cifar10_parts, tmp_path):
   parts, sha256 = cifar10_parts
   for part in (parts[0], parts[2]):

@@ -138,6 +138,7 @@ def test_loss_drops_on_memorisable_subset(image_folder, tmp_path):
   assert epochs[-1]["train_error"] <= 0.05, epochs  # at most 3 of the 60 images
 
 
+@pytest.mark.slow  # 19 s on the 2-core CPU
 def test_train_subset_and_eval_every_epochs(image_folder, tmp_path):
   config = tiny_config(image_folder, "wn")
   config.data.train_subset = 30  # 10 of each of the 3 classes: 3 steps per epoch.
@@ -152,6 +153,7 @@ def test_train_subset_and_eval_every_epochs(image_folder, tmp_path):
       e in (5, 10, 12) for e in range(1, 13)]
 
 
+@pytest.mark.slow  # 2 s on the 2-core CPU
 def test_learning_rate_and_b1_follow_the_recipe():
   config = cifar.get_config()
   steps_per_epoch = 500

@@ -56,6 +56,7 @@ def _randomize(params, key):
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.slow  # 32 s on the 2-core CPU
 def test_output_equals_wrapped_layer_with_w(case):
   make_layer, shape, feature_axes = CASES[case]
   x = _input(shape)
@@ -82,6 +83,7 @@ def test_init_standardises_every_unit(case, init_scale):
   np.testing.assert_allclose(jnp.std(y, reduce), init_scale, rtol=1e-3)
 
 
+@pytest.mark.slow  # 5 s on the 2-core CPU
 def test_grouped_conv_one_g_per_output_channel():
   x = _input((4, 8, 8, 6))
   p = weight_norm.WeightNorm(nn.Conv(9, (3, 3), feature_group_count=3)).init(
@@ -136,6 +138,7 @@ def test_without_data_init_starts_at_w_equals_v():
   np.testing.assert_array_equal(p["b"], 0.0)
 
 
+@pytest.mark.slow  # 2 s on the 2-core CPU
 def test_v_init_default_is_the_wrapped_layers_kernel_init():
   x = _input((8, 5))
   ones = weight_norm.WeightNorm(nn.Dense(3, kernel_init=nn.initializers.ones), data_init=False)
@@ -158,6 +161,7 @@ def _dead_unit_grads(model, p, x):
 
 
 @pytest.mark.parametrize("data_init", [True, False])
+@pytest.mark.slow  # 3 s on the 2-core CPU
 def test_all_zero_unit_of_v_gives_finite_outputs_and_gradients(data_init):
   x = _input((6, 5, 5, 3))
   model = weight_norm.WeightNorm(nn.Conv(4, (3, 3)), data_init=data_init)
@@ -241,6 +245,7 @@ class _Two(nn.Module):
         x[:, None, :])
 
 
+@pytest.mark.slow  # 4 s on the 2-core CPU
 def test_independent_init_takes_statistics_from_the_uninitialised_network():
   x = _input((32, 4))
   p = _Two("independent").init(jax.random.key(0), x)["params"]
@@ -311,6 +316,7 @@ def _bn(y, scale, bias):
   return bn.apply(variables, y, mutable=["batch_stats"])[0]
 
 
+@pytest.mark.slow  # 2 s on the 2-core CPU
 def test_weight_norm_equals_batch_norm_for_a_dense_layer_on_whitened_input():
   x = _whitened(jax.random.key(0), 64, 8)
   model = weight_norm.WeightNorm(nn.Dense(5), epsilon=0.0)
@@ -331,6 +337,7 @@ def test_weight_norm_equals_batch_norm_for_a_dense_layer_on_whitened_input():
                          _bn(correlated @ p["v"], p["g"], p["b"]), rtol=1e-2, atol=1e-2)
 
 
+@pytest.mark.slow  # 3 s on the 2-core CPU
 def test_conv_weight_norm_is_batch_norm_only_without_padding_on_whitened_images():
   """Images whose whole pixel vector is whitened: every VALID patch is a
   sub-vector, so its covariance is I and WN = BN for any v; SAME padding
