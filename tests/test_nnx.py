@@ -421,3 +421,17 @@ def test_functional_model_inits_and_applies_as_the_linen_model(parameterization)
   assert float(jnp.abs(linen_logits - logits).max()) < 1e-5
   assert jax.tree.structure(linen_updates) == jax.tree.structure(updates)
   assert _max_abs_diff(linen_updates, updates) < 1e-5
+
+
+def test_data_init_refuses_a_model_without_a_layer_that_it_initialises():
+  rngs = nnx.Rngs(0)
+  x = jnp.ones((4, 3))
+  with pytest.raises(ValueError, match="has no layer with a data-dependent init"):
+    wnx.data_init(nnx.Linear(3, 2, rngs=rngs), x)
+  # A batch norm runs in init mode but sets no scale: not enough on its own.
+  with pytest.raises(ValueError, match="has no layer with a data-dependent init"):
+    wnx.data_init(wnx.MeanOnlyBatchNorm(3, use_running_average=False), x)
+  # A plain `normal` layer without its frozen scale is not initialised either.
+  model = wnx.PlainDense(3, 2, data_init=False, rngs=rngs)
+  wnx.data_init(nnx.Sequential(model, wnx.WeightNorm(nnx.Linear(2, 2, rngs=rngs), rngs=rngs)), x)
+  np.testing.assert_array_equal(model.b[...], 0.0)
