@@ -403,3 +403,12 @@ def test_init_sharded_over_8_devices_matches_one_device():
                           capture_output=True, text=True, timeout=300)
   assert result.returncode == 0, result.stderr[-3000:]
   assert result.stdout.startswith("OK")
+
+
+def test_2d_conv_layers_refuse_input_that_is_not_nhwc():
+  from wn_jax.layers import plain
+  x = jnp.ones((2, 8, 3))  # [batch, width, channels]: no height axis
+  for layer in (plain.Conv2D(4, (3, 3)), plain.PlainConv(4, (3, 3)),
+                wn_layers.WNConvTranspose(4, (3, 3))):
+    with pytest.raises(ValueError, match=f"{type(layer).__name__} expects NHWC input"):
+      layer.init(jax.random.key(0), x)

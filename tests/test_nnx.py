@@ -435,3 +435,11 @@ def test_data_init_refuses_a_model_without_a_layer_that_it_initialises():
   model = wnx.PlainDense(3, 2, data_init=False, rngs=rngs)
   wnx.data_init(nnx.Sequential(model, wnx.WeightNorm(nnx.Linear(2, 2, rngs=rngs), rngs=rngs)), x)
   np.testing.assert_array_equal(model.b[...], 0.0)
+
+
+def test_2d_conv_layers_refuse_input_that_is_not_nhwc():
+  rngs = nnx.Rngs(0)
+  x = jnp.ones((2, 8, 3))
+  for layer in (wnx.Conv2D(3, 4, (3, 3), rngs=rngs), wnx.PlainConv(3, 4, (3, 3), rngs=rngs)):
+    with pytest.raises(ValueError, match=f"{type(layer).__name__} expects NHWC input"):
+      layer(x)

@@ -355,3 +355,24 @@ def einsum_kernel_and_output(einsum_str: str) -> tuple[str, str]:
   einsum_str = einsum_str.replace(" ", "")
   inputs, output = einsum_str.split("->")
   return inputs.split(",")[1], output
+
+
+def check_einsum_feature_layout(einsum_str: str, feature_axes: tuple[int, ...],
+                                layer: str) -> None:
+  """Raises unless the einsum's output subscripts end with its kernel's
+  feature subscripts (at `feature_axes`), in that order: the layout the
+  weight-norm wrappers need. `layer` names the einsum in the message."""
+  kernel_subscripts, output = einsum_kernel_and_output(einsum_str)
+  features = "".join(kernel_subscripts[a] for a in feature_axes)
+  if not output.endswith(features):
+    raise ValueError(
+        f"WeightNorm of {layer}({einsum_str!r}): the output subscripts "
+        f"{output!r} must end with the feature subscripts {features!r} "
+        f"(feature_axes {feature_axes}), in that order.")
+
+
+def check_nhwc(x: jax.Array, layer: str) -> None:
+  """Raises unless x is NHWC [batch, height, width, channels] (`layer`: its user)."""
+  if x.ndim != 4:
+    raise ValueError(f"{layer} expects NHWC input [batch, height, width, channels], "
+                     f"got shape {x.shape}.")

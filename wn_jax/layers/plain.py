@@ -51,10 +51,7 @@ class Conv2D(nn.Module):
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
-    if x.ndim != 4:
-      raise ValueError(
-          f"{type(self).__name__} expects NHWC input [batch, height, width, "
-          f"channels], got shape {x.shape}.")
+    ops.check_nhwc(x, type(self).__name__)
     x = jnp.asarray(x, self.dtype)
     kernel = self.param("kernel", self.kernel_init,
                         (*self.kernel_size, x.shape[-1], self.features),
@@ -115,10 +112,7 @@ def dense(x: Array, w: Array) -> Array:
 
 def _kernel_shape(module: nn.Module, x: Array) -> tuple[int, ...]:
   """HWIO kernel shape of a 2-D conv: (kh, kw, in, out)."""
-  if x.ndim != 4:
-    raise ValueError(
-        f"{type(module).__name__} expects NHWC input [batch, height, width, "
-        f"channels], got shape {x.shape}.")
+  ops.check_nhwc(x, type(module).__name__)
   return (*module.kernel_size, x.shape[-1], module.features)
 
 

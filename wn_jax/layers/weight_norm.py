@@ -21,6 +21,7 @@ from wn_jax.layers.plain import Conv2D
 from wn_jax.ops import (
   NORM_EPSILON,
   canonical_axes,
+  check_einsum_feature_layout,
   direction_norm,
   einsum_kernel_and_output,
   weight_normalized_kernel,
@@ -216,12 +217,5 @@ class WeightNorm(nn.Module):
     return params[self.kernel_name]
 
   def _check_einsum_layout(self, axes: tuple[int, ...]) -> None:
-    if self.layer.einsum_str is None:
-      return
-    kernel_subscripts, output = einsum_kernel_and_output(self.layer.einsum_str)
-    features = "".join(kernel_subscripts[a] for a in axes)
-    if not output.endswith(features):
-      raise ValueError(
-          f"WeightNorm of nn.Einsum({self.layer.einsum_str!r}): the output "
-          f"subscripts {output!r} must end with the feature subscripts "
-          f"{features!r} (feature_axes {axes}), in that order.")
+    if self.layer.einsum_str is not None:
+      check_einsum_feature_layout(self.layer.einsum_str, axes, "nn.Einsum")

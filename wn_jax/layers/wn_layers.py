@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+from wn_jax import ops
 from wn_jax.layers.data_init import default_v_init
 from wn_jax.layers.plain import Conv2D
 from wn_jax.layers.weight_norm import NORM_EPSILON, WeightNorm
@@ -160,8 +161,5 @@ class WNConvTranspose(_WeightNormOf):
                             param_dtype=self.param_dtype)
 
   def __call__(self, x: Array) -> Array:
-    if x.ndim != 4:
-      raise ValueError(
-          f"{type(self).__name__} expects NHWC input [batch, height, width, "
-          f"channels], got shape {x.shape}.")
+    ops.check_nhwc(x, type(self).__name__)
     return super().__call__(x)

@@ -65,10 +65,7 @@ class Conv2D(nnx.Module):
                  else nnx.data(None))
 
   def __call__(self, x: Array) -> Array:
-    if x.ndim != 4:
-      raise ValueError(
-          f"{type(self).__name__} expects NHWC input [batch, height, width, "
-          f"channels], got shape {x.shape}.")
+    ops.check_nhwc(x, type(self).__name__)
     x = jnp.asarray(x, self.dtype)
     y = ops.conv2d(x, self.kernel[...].astype(self.dtype), strides=self.strides,
                    padding=self.padding, weight_grad=self.weight_grad)
@@ -172,10 +169,7 @@ class PlainConv(_Plain):
                 axis_name=axis_name, rngs=rngs)
 
   def _linear(self, x, kernel):
-    if x.ndim != 4:
-      raise ValueError(
-          f"{type(self).__name__} expects NHWC input [batch, height, width, "
-          f"channels], got shape {x.shape}.")
+    ops.check_nhwc(x, type(self).__name__)
     return ops.conv2d(x, kernel, strides=self.strides, padding=self.padding,
                       weight_grad=self.conv_weight_grad)
 

@@ -198,13 +198,6 @@ class WeightNorm(DataInitLayer):
 
 
 def _check_einsum_layout(layer: nnx.Einsum, axes: tuple[int, ...]) -> None:
-  if layer.einsum_str is None:
-    return
-  kernel_subscripts, output = ops.einsum_kernel_and_output(layer.einsum_str)
-  features = "".join(kernel_subscripts[a] for a in axes)
-  if not output.endswith(features):
-    raise ValueError(
-        f"WeightNorm of nnx.Einsum({layer.einsum_str!r}): the output subscripts "
-        f"{output!r} must end with the feature subscripts {features!r} "
-        f"(feature_axes {axes}), in that order.")
+  if layer.einsum_str is not None:
+    ops.check_einsum_feature_layout(layer.einsum_str, axes, "nnx.Einsum")
 
