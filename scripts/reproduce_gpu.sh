@@ -167,7 +167,10 @@ pack() {  # Records and logs into $out, atomically (a kill mid-write keeps the o
   tar czf "$out/.logs_$label.tgz" -C "$work" logs 2>/dev/null \
     && mv "$out/.logs_$label.tgz" "$out/logs_$label.tgz"
 }
-(while sleep 30; do pack || true; done) &
+# Its output goes to a log, not to this script's stdout/stderr: a `sleep` the
+# kill below leaves behind would otherwise hold the caller's pipes open for up
+# to 30 s after the script has exited.
+(while sleep 30; do pack || true; done) >> "$logs/packer.log" 2>&1 &
 packer=$!
 trap 'kill $packer 2>/dev/null || true; pack || true' EXIT
 
