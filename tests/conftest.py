@@ -48,9 +48,13 @@ def prune_xla_cache(directory: str, max_bytes: int) -> list[str]:
   entries = []
   with os.scandir(directory) as scan:
     for entry in scan:
-      if entry.name.endswith(_CACHE_SUFFIX) and entry.is_file():
+      if not entry.name.endswith(_CACHE_SUFFIX):
+        continue
+      try:
         stat = entry.stat()
-        entries.append((max(stat.st_atime, stat.st_mtime), stat.st_size, entry.path))
+      except FileNotFoundError:  # another test process pruned it
+        continue
+      entries.append((max(stat.st_atime, stat.st_mtime), stat.st_size, entry.path))
   total = sum(size for _, size, _ in entries)
   deleted = []
   for _, size, path in sorted(entries):
@@ -58,7 +62,7 @@ def prune_xla_cache(directory: str, max_bytes: int) -> list[str]:
       break
     try:
       os.remove(path)
-    except FileNotFoundError:  # another session pruned it first
+    except FileNotFoundError:  # another test process pruned it first
       pass
     total -= size
     deleted.append(path)
@@ -123,6 +127,8 @@ def perturbed(images, amplitude=3, seed=1):
 
 def pytest_sessionfinish(session, exitstatus):
   del session, exitstatus
+  if os.environ.get("PYTEST_XDIST_WORKER"):  # with -n, the main process prunes
+    return
   if os.path.isdir(_XLA_CACHE_DIR):
     prune_xla_cache(_XLA_CACHE_DIR, XLA_CACHE_MAX_BYTES)
 
