@@ -23,6 +23,7 @@ The modules, in the order the data flows (each imports only those above it):
 * `cifar10`: the original CIFAR-10 python / binary files;
 * `sources`: the `Dataset` every source gives, tfds, and `load_dataset`,
   which picks the source the config names;
+* `mnist`: the MNIST IDX files and their checksums, and binarization (VAE);
 * `zca`: pixel scaling, the covariance spectrum and ZCA whitening;
 * `cache`: `load_whitened`, the above through the on-disk cache;
 * `batches`: epoch orders, batch indices, subsets and augmentation (no
