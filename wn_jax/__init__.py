@@ -1,11 +1,14 @@
 """wn_jax: Weight Normalization (Salimans & Kingma, NIPS 2016) in JAX/Flax.
 
-`wn_jax.WeightNorm` (= `wn_jax.layers.weight_norm.WeightNorm`) weight-normalizes
-any Linen layer with a kernel; `wn_jax.fold` (= `wn_jax.folding.fold`) folds a
-trained model into plain layers for inference and export.
+The Linen layers are `wn_jax.layers` (`from wn_jax.layers import WNConv`),
+their NNX twins `wn_jax.nnx`; the most used are also here: `WeightNorm`
+weight-normalizes any Linen layer with a kernel, `WNDense`, `WNConv` and
+`MeanOnlyBatchNorm` are the paper's layers, and `fold` (= `wn_jax.folding.fold`)
+folds a trained model into plain layers for inference and export.
 """
 
+from wn_jax import layers, nnx
 from wn_jax.folding import fold
-from wn_jax.layers.weight_norm import WeightNorm
+from wn_jax.layers import MeanOnlyBatchNorm, WeightNorm, WNConv, WNDense
 
-__all__ = ["WeightNorm", "fold"]
+__all__ = ["MeanOnlyBatchNorm", "WNConv", "WNDense", "WeightNorm", "fold", "layers", "nnx"]

@@ -85,4 +85,22 @@ The modules, each importing only those listed before it:
 * ``parameterization``: the switch, ``NormalizedConv`` / ``NormalizedDense``.
 
 Nothing in this package knows about data, optimizers or training.
+
+Import the layers from the package (``from wn_jax.layers import WNConv,
+WNDense, MeanOnlyBatchNorm``); the names in ``__all__`` are the public
+surface, each the Linen twin of the same name in ``wn_jax.nnx`` where that
+exists. The module paths above hold the same objects.
 """
+
+from wn_jax.layers.batch_norm import BatchNorm, MeanOnlyBatchNorm
+from wn_jax.layers.data_init import INIT_ORDERS
+from wn_jax.layers.parameterization import PARAMETERIZATIONS, NormalizedConv, NormalizedDense
+from wn_jax.layers.plain import Conv2D, PlainConv, PlainDense
+from wn_jax.layers.weight_norm import NORM_EPSILON, WeightNorm, default_feature_axes
+from wn_jax.layers.wn_layers import WNConv, WNConvTranspose, WNDense
+
+__all__ = [
+    "BatchNorm", "Conv2D", "INIT_ORDERS", "MeanOnlyBatchNorm", "NORM_EPSILON",
+    "NormalizedConv", "NormalizedDense", "PARAMETERIZATIONS", "PlainConv", "PlainDense",
+    "WNConv", "WNConvTranspose", "WNDense", "WeightNorm", "default_feature_axes",
+]

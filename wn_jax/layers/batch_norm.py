@@ -43,6 +43,8 @@ def _update_running(module: nn.Module, name: str, features: int,
 class MeanOnlyBatchNorm(nn.Module):
   """Mean-only batch normalization (paper section 3): y = x - mu[x] + b.
 
+  Linen twin of `wn_jax.nnx.MeanOnlyBatchNorm`.
+
   Training (`use_running_average=False`): subtract the per-channel mean over
   batch and spatial axes of this minibatch (the global batch when sharded
   under jit; `axis_name` inside shard_map/pmap), and update the running mean
@@ -79,6 +81,8 @@ class MeanOnlyBatchNorm(nn.Module):
 
 class BatchNorm(nn.Module):
   """Batch normalization exactly as the authors' CIFAR-10 code (`bn` rows).
+
+  Linen twin of `wn_jax.nnx.BatchNorm`.
 
   Training: `y = (x - mu) / sqrt(var + epsilon) * scale + b` with the biased
   minibatch variance; running averages `momentum * old + (1 - momentum) *

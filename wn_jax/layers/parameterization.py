@@ -84,6 +84,8 @@ def _parameterized(
 class NormalizedConv(nn.Module):
   """A 2-D conv in one of the paper's parameterizations, chosen by a string.
 
+  Linen twin of `wn_jax.nnx.NormalizedConv`.
+
   `parameterization` (paper results table, authors' `--norm_type`):
     'normal':  `PlainConv` with a frozen data-initialised scale and bias
                (`data_init=False`: plain conv, Glorot init, no scale).
@@ -127,6 +129,8 @@ class NormalizedConv(nn.Module):
 
 class NormalizedDense(nn.Module):
   """A dense layer in one of the paper's parameterizations (see `NormalizedConv`).
+
+  Linen twin of `wn_jax.nnx.NormalizedDense`.
 
   Input `[..., in]`, output `[..., features]`.
   """

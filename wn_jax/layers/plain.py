@@ -34,6 +34,8 @@ FROZEN = "frozen"
 class Conv2D(nn.Module):
   """2-D convolution (NHWC, HWIO kernel) through `wn_jax.ops.conv2d`.
 
+  Linen twin of `wn_jax.nnx.Conv2D`.
+
   The plain layer that `WNConv` normalises: as nn.Conv for 2-D input, plus
   `weight_grad` ('xla', or 'per_tap' matmuls for the kernel gradient,
   faster on XLA:CPU). Parameters `kernel [kh, kw, in, features]`, `bias
@@ -119,6 +121,8 @@ def _kernel_shape(module: nn.Module, x: Array) -> tuple[int, ...]:
 class PlainDense(nn.Module):
   """Dense layer of the paper's `normal` parameterization.
 
+  Linen twin of `wn_jax.nnx.PlainDense`.
+
   y = s * (x kernel) + b, with `s` a per-unit scale in the `FROZEN`
   collection set by the data-dependent init and then never trained (authors'
   code `no_norm`), so `normal` starts from the same function as `wn`. With
@@ -145,7 +149,10 @@ class PlainDense(nn.Module):
 
 
 class PlainConv(nn.Module):
-  """2-D convolution of the paper's `normal` parameterization (see `PlainDense`)."""
+  """2-D convolution of the paper's `normal` parameterization (see `PlainDense`).
+
+  Linen twin of `wn_jax.nnx.PlainConv`.
+  """
   features: int
   kernel_size: tuple[int, int]
   strides: tuple[int, int] = (1, 1)

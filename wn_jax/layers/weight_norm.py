@@ -60,6 +60,8 @@ def default_feature_axes(layer: nn.Module) -> tuple[int, ...]:
 class WeightNorm(nn.Module):
   """Weight normalization of any Linen layer with a kernel (paper eq. 2).
 
+  Linen twin of `wn_jax.nnx.WeightNorm`.
+
   ``WeightNorm(layer)(x)`` computes ``layer`` with its kernel replaced by
 
       w = g * v / ||v||,   ||v|| = sqrt(sum v^2 + norm_epsilon),

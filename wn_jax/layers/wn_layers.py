@@ -49,6 +49,7 @@ class WNDense(_WeightNormOf):
   """Weight-normalized dense layer, y = x (g v/||v||) + b (paper eq. 2).
 
   `WeightNorm(nn.Dense(features))` with the paper's v ~ N(0, 0.05).
+  Linen only; in NNX: `wn_jax.nnx.WeightNorm(nnx.Linear(...))`.
 
   Attributes:
     features: number of output units.
@@ -91,6 +92,7 @@ class WNConv(_WeightNormOf):
 
   `WeightNorm(Conv2D(...))`, i.e. through `wn_jax.ops.conv2d`. For other
   ranks, groups or dilation use `WeightNorm(nn.Conv(...))`.
+  Linen only; in NNX: `wn_jax.nnx.WeightNorm(wn_jax.nnx.Conv2D(...))`.
 
   Attributes as `WNDense`, plus:
     kernel_size: (kh, kw).
@@ -127,6 +129,8 @@ class WNConv(_WeightNormOf):
 
 class WNConvTranspose(_WeightNormOf):
   """Weight-normalized 2-D transposed convolution (NHWC), as `nn.ConvTranspose`.
+
+  Linen only; in NNX: `wn_jax.nnx.WeightNorm(nnx.ConvTranspose(...))`.
 
   `WeightNorm(nn.ConvTranspose(...))`. `v` has flax's ConvTranspose layout
   `[kh, kw, in, features]` and `g` has one entry per OUTPUT channel

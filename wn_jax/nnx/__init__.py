@@ -8,10 +8,15 @@
   wnx.MeanOnlyBatchNorm, wnx.NormalizedConv / NormalizedDense (the five
       parameterizations), wnx.CifarNet (the paper's network);
   wnx.from_linen / to_linen  variables of the Linen CifarNet <-> the NNX one;
-  wnx.fold  the NNX model folded into plain layers for inference.
-The math is `wn_jax.ops`, shared with the Linen layers (`wn_jax.layers`).
+  wnx.fold  the NNX model folded into plain layers for inference;
+  wnx.PARAMETERIZATIONS, INIT_ORDERS, NORM_EPSILON  the same objects as in
+      `wn_jax.layers`.
+The math is `wn_jax.ops`, shared with the Linen layers (`wn_jax.layers`); a
+name here that `wn_jax.layers` also exports means the same there, in Linen.
 """
 
+from wn_jax.layers.data_init import INIT_ORDERS
+from wn_jax.layers.parameterization import PARAMETERIZATIONS
 from wn_jax.nnx.batch_norm import BatchNorm, MeanOnlyBatchNorm
 from wn_jax.nnx.convert import fold, from_linen, to_linen
 from wn_jax.nnx.data_init import data_init
@@ -19,9 +24,11 @@ from wn_jax.nnx.models import CifarNet
 from wn_jax.nnx.parameterization import NormalizedConv, NormalizedDense
 from wn_jax.nnx.plain import Conv2D, Frozen, PlainConv, PlainDense
 from wn_jax.nnx.weight_norm import WeightNorm, default_feature_axes
+from wn_jax.ops import NORM_EPSILON
 
 __all__ = [
-    "BatchNorm", "CifarNet", "Conv2D", "Frozen", "MeanOnlyBatchNorm",
-    "NormalizedConv", "NormalizedDense", "PlainConv", "PlainDense", "WeightNorm",
-    "data_init", "default_feature_axes", "fold", "from_linen", "to_linen",
+    "BatchNorm", "CifarNet", "Conv2D", "Frozen", "INIT_ORDERS", "MeanOnlyBatchNorm",
+    "NORM_EPSILON", "NormalizedConv", "NormalizedDense", "PARAMETERIZATIONS", "PlainConv",
+    "PlainDense", "WeightNorm", "data_init", "default_feature_axes", "fold", "from_linen",
+    "to_linen",
 ]

@@ -27,9 +27,11 @@ def _running_average(stat: nnx.BatchStat, momentum: float, batch_value: Array) -
 class MeanOnlyBatchNorm(DataInitLayer):
   """Mean-only batch normalization (paper section 3): y = x - mu[x] + b.
 
-  As `wn_jax.layers.batch_norm.MeanOnlyBatchNorm`: training (`use_running_average=False`)
-  subtracts the per-channel mean of this minibatch (global when sharded
-  under jit; `axis_name` inside shard_map/pmap) and updates the running
+  NNX twin of `wn_jax.layers.MeanOnlyBatchNorm`.
+
+  Training (`use_running_average=False`) subtracts the per-channel mean of
+  this minibatch (global when sharded under jit; `axis_name` inside
+  shard_map/pmap) and updates the running
   mean `mean` (an `nnx.BatchStat`) as `momentum * old + (1 - momentum) *
   batch_mean`, except during `data_init` (as Linen's `init`); evaluation
   subtracts the running mean. No division by the std. Then adds `b`.
@@ -67,10 +69,12 @@ class MeanOnlyBatchNorm(DataInitLayer):
 class BatchNorm(DataInitLayer):
   """Batch normalization exactly as the authors' CIFAR-10 code (`bn` rows).
 
-  As `wn_jax.layers.batch_norm.BatchNorm`: biased minibatch variance in training; running
-  averages of the mean and of the variance with the correction n/(n-1), n
-  the batch size (axis 0); not updated during `data_init`. Parameters
-  `scale` (init 1) and `b` (init 0); batch stats `mean` (0) and `var` (1).
+  NNX twin of `wn_jax.layers.BatchNorm`.
+
+  Biased minibatch variance in training; running averages of the mean and
+  of the variance with the correction n/(n-1), n the batch size (axis 0);
+  not updated during `data_init`. Parameters `scale` (init 1) and `b`
+  (init 0); batch stats `mean` (0) and `var` (1).
   """
 
   def __init__(self, num_features: int, *, use_running_average: bool | None = None,

@@ -38,7 +38,9 @@ def linen_rng(key: Array, *path: str | int) -> Array:
 
 
 class CifarNet(nnx.Module):
-  """The paper's CIFAR-10 network (section 5.1), NNX (see `models.CifarNet`).
+  """The paper's CIFAR-10 network (section 5.1) in NNX.
+
+  NNX twin of `wn_jax.models.CifarNet`.
 
   Gaussian noise (std `input_noise`, training only) ->
   3 x [3x3 conv `width`, lReLU] -> 2x2 max-pool -> dropout ->

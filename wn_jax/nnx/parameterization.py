@@ -66,8 +66,9 @@ class _Normalized(nnx.Module):
 
 
 class NormalizedConv(_Normalized):
-  """A 2-D conv in one of the paper's parameterizations (as
-  `wn_jax.layers.parameterization.NormalizedConv`).
+  """A 2-D conv in one of the paper's parameterizations, chosen by a string.
+
+  NNX twin of `wn_jax.layers.NormalizedConv`.
 
   `parameterization`: 'normal' (`PlainConv`, frozen data-init scale), 'wn'
   (`WeightNorm(Conv2D)`), 'bn' (`PlainConv` without bias, N(0, 0.05), then
@@ -102,6 +103,8 @@ class NormalizedConv(_Normalized):
 
 class NormalizedDense(_Normalized):
   """A dense layer in one of the paper's parameterizations (see `NormalizedConv`).
+
+  NNX twin of `wn_jax.layers.NormalizedDense`.
 
   'wn' is `WeightNorm(nnx.Linear)`; 'folded' an nnx.Linear. Input `[..., in]`.
   """

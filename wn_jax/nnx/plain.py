@@ -34,9 +34,10 @@ default_kernel_init = nnx.initializers.glorot_uniform()
 class Frozen(nnx.Variable):
   """A value the data-dependent init sets and training never changes.
 
-  The NNX counterpart of the Linen collection `wn_jax.layers.plain.FROZEN`: the per-unit
-  scale of the paper's `normal` parameterization. Not an `nnx.Param`, so an
-  optimizer built with `wrt=nnx.Param` leaves it alone.
+  NNX only; in Linen it is the collection `frozen` (`wn_jax.layers.plain.FROZEN`).
+
+  The per-unit scale of the paper's `normal` parameterization. Not an
+  `nnx.Param`, so an optimizer built with `wrt=nnx.Param` leaves it alone.
   """
 
 
@@ -44,9 +45,11 @@ class Frozen(nnx.Variable):
 class Conv2D(nnx.Module):
   """2-D convolution (NHWC, HWIO kernel) through `wn_jax.ops.conv2d`.
 
-  The NNX twin of `wn_jax.layers.plain.Conv2D`: nnx.Conv for 2-D input plus
-  `weight_grad` ('xla', or 'per_tap' matmuls for the kernel gradient, faster
-  on XLA:CPU). Parameters `kernel [kh, kw, in, features]`, `bias [features]`.
+  NNX twin of `wn_jax.layers.Conv2D`.
+
+  As nnx.Conv for 2-D input, plus `weight_grad` ('xla', or 'per_tap' matmuls
+  for the kernel gradient, faster on XLA:CPU). Parameters `kernel [kh, kw,
+  in, features]`, `bias [features]`.
   """
 
   def __init__(self, in_features: int, features: int, kernel_size: tuple[int, int],
@@ -125,8 +128,9 @@ class _Plain(DataInitLayer):
 
 
 class PlainDense(_Plain):
-  """Dense layer of the paper's `normal` parameterization (as
-  `wn_jax.layers.plain.PlainDense`).
+  """Dense layer of the paper's `normal` parameterization.
+
+  NNX twin of `wn_jax.layers.PlainDense`.
 
   Parameters `kernel [in, features]` (Glorot uniform), `b [features]`;
   `scale [features]` (`Frozen`) with `data_init=True`.
@@ -146,7 +150,9 @@ class PlainDense(_Plain):
 
 
 class PlainConv(_Plain):
-  """2-D conv of the paper's `normal` parameterization (`wn_jax.layers.plain.PlainConv`).
+  """2-D convolution of the paper's `normal` parameterization (see `PlainDense`).
+
+  NNX twin of `wn_jax.layers.PlainConv`.
 
   Parameters `kernel [kh, kw, in, features]`, `b [features]`; `scale
   [features]` (`Frozen`) with `data_init=True`. Input NHWC.

@@ -56,6 +56,8 @@ def default_feature_axes(layer: nnx.Module) -> tuple[int, ...]:
 class WeightNorm(DataInitLayer):
   """Weight normalization of any NNX layer with a kernel (paper eq. 2).
 
+  NNX twin of `wn_jax.layers.WeightNorm` (also `wn_jax.WeightNorm`).
+
   ``WeightNorm(layer, rngs=rngs)(x)`` computes ``layer`` with its kernel
   replaced by ``w = g v/||v||``, ``||v|| = sqrt(sum v^2 + norm_epsilon)``,
   the norm per output unit over every kernel axis but `feature_axes`, and
