@@ -31,8 +31,9 @@ sys.path[:0] = [os.path.dirname(ANALYSIS_DIR), ANALYSIS_DIR]
 from init_order_stats import layer_statistics  # noqa: E402
 
 from configs import cifar  # noqa: E402
-from wn_jax import config_checks, steps  # noqa: E402
+from wn_jax import config_checks  # noqa: E402
 from wn_jax.data import cache  # noqa: E402
+from wn_jax.tasks import classification  # noqa: E402
 
 
 def read_config(workdir: str) -> ml_collections.ConfigDict:
@@ -83,7 +84,7 @@ def main():
     # Folder data lists the test set class by class: draw, do not slice.
     rows_drawn = np.sort(np.random.default_rng(0).permutation(len(data.test_x))[:args.num])
     images, labels = data.test_x[rows_drawn], data.test_y[rows_drawn]
-    model = steps.create_model(config, num_classes=len(data.class_names))
+    model = classification.create_model(config, {"num_classes": len(data.class_names)})
     step, variables = restore_variables(workdir)
     logits, layers = layer_statistics(model, variables, jnp.asarray(images), train=False)
     logits = np.asarray(logits, np.float64)

@@ -31,6 +31,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from configs import cifar  # noqa: E402
 from wn_jax import steps  # noqa: E402
 from wn_jax.nnx.functional import FunctionalCifarNet  # noqa: E402
+from wn_jax.tasks import classification  # noqa: E402
 
 NUM_CLASSES = 10
 STEPS_PER_EPOCH = 500
@@ -48,16 +49,15 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def _compiled_step(config, model, images, labels):
-  optimizer = functools.partial(steps.create_optimizer, config, STEPS_PER_EPOCH)
+  optimizer = functools.partial(classification.create_optimizer, config, STEPS_PER_EPOCH)
   learning_rate = jnp.float32(config.optimizer.learning_rate)
   init_key, step_key = jax.random.split(jax.random.key(config.seed))
-  state = jax.jit(functools.partial(steps.initialize, model=model, optimizer=optimizer))(
-      images, init_key, jnp.float32(config.model.init_scale), learning_rate)
-  step = jax.jit(functools.partial(
-      steps.train_step, model=model, optimizer=optimizer,
-      augment_flip=config.data.augment_flip,
-      augment_max_translation=config.data.augment_max_translation), donate_argnums=0)
-  compiled = step.lower(state, images, labels, step_key, learning_rate).compile()
+  bound = dict(task=classification, config=config, model=model, optimizer=optimizer)
+  state = jax.jit(functools.partial(steps.initialize, **bound))(
+      {"images": images}, init_key, jnp.float32(config.model.init_scale), learning_rate)
+  step = jax.jit(functools.partial(steps.train_step, **bound), donate_argnums=0)
+  compiled = step.lower(state, {"images": images, "labels": labels}, step_key,
+                        learning_rate).compile()
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, list) else cost
   return compiled, state, (step_key, learning_rate), cost
@@ -68,7 +68,7 @@ def main(argv=None) -> dict:
   config = cifar.get_config(f"{args.variant},quick")
   config.model.width = args.width
   config.batch_size = args.batch_size
-  linen_model = steps.create_model(config, NUM_CLASSES)
+  linen_model = classification.create_model(config, {"num_classes": NUM_CLASSES})
   models = {"linen": linen_model, "nnx": FunctionalCifarNet.like(linen_model)}
   images = jax.random.normal(jax.random.key(0), (args.batch_size, 32, 32, 3))
   labels = jax.random.randint(jax.random.key(1), (args.batch_size,), 0, NUM_CLASSES)

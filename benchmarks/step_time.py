@@ -4,7 +4,7 @@ r"""What weight norm costs per training step: the paper's CIFAR-10 network.
     python benchmarks/step_time.py --parameterizations normal,wn --reps 50
     python benchmarks/step_time.py --dtype bfloat16 --no-torch --json out.json
 
-For each parameterization, `wn_jax.steps.create_model(config, 10)` with
+For each parameterization, `wn_jax.tasks.classification.create_model` (10 classes) with
 `configs/cifar.py:<parameterization>` (plus `--width`, `--dtype`,
 `--conv-weight-grad`) on random 32x32x3 input:
 
@@ -68,6 +68,7 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO_ROOT)
 from configs import cifar  # noqa: E402
 from wn_jax import config_checks, steps  # noqa: E402
+from wn_jax.tasks import classification  # noqa: E402
 
 NUM_CLASSES = 10
 IMAGE_SHAPE = (32, 32, 3)
@@ -86,9 +87,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
   parser.add_argument("--warmup", type=int, default=3,
                       help="untimed steps after compiling")
   parser.add_argument("--parameterizations", default=",".join(cifar.PARAMETERIZATIONS))
-  parser.add_argument("--conv-weight-grad", choices=steps.CONV_WEIGHT_GRADS,
+  parser.add_argument("--conv-weight-grad", choices=classification.CONV_WEIGHT_GRADS,
                       default="auto", help="config.model.conv_weight_grad")
-  parser.add_argument("--dtype", choices=tuple(steps.DTYPES), default="float32",
+  parser.add_argument("--dtype", choices=tuple(classification.DTYPES), default="float32",
                       help="config.model.dtype (compute dtype)")
   parser.add_argument("--matmul-size", type=int, default=4096,
                       help="n of the n x n @ n x n matmul that measures the peak")
@@ -267,8 +268,8 @@ def prepare(args: argparse.Namespace, parameterization: str, images: jax.Array,
   mesh = Mesh(np.asarray(jax.devices()), ("data",))
   replicated = NamedSharding(mesh, PartitionSpec())
   data_sharding = NamedSharding(mesh, PartitionSpec("data"))
-  model = steps.create_model(config, NUM_CLASSES)
-  optimizer = functools.partial(steps.create_optimizer, config,
+  model = classification.create_model(config, {"num_classes": NUM_CLASSES})
+  optimizer = functools.partial(classification.create_optimizer, config,
                                 max(CIFAR_TRAIN_SIZE // config.batch_size, 1))
   learning_rate = jnp.float32(config.optimizer.learning_rate)
   init_scale = jnp.float32(config.model.init_scale)
@@ -277,9 +278,10 @@ def prepare(args: argparse.Namespace, parameterization: str, images: jax.Array,
                             "conv_weight_grad": model.conv_weight_grad}
 
   # The data-dependent init, jitted as train_and_evaluate does.
-  init_fn = jax.jit(functools.partial(steps.initialize, model=model, optimizer=optimizer),
-                    out_shardings=replicated)
-  state = _first_and_later_calls(result, "init", args, init_fn, init_batch, init_key,
+  bound = dict(task=classification, config=config, model=model, optimizer=optimizer)
+  init_fn = jax.jit(functools.partial(steps.initialize, **bound), out_shardings=replicated)
+  state = _first_and_later_calls(result, "init", args, init_fn, {"images": init_batch},
+                                 init_key,
                                  init_scale, learning_rate)
   result["init_first_s"] = (result["init_lower_s"] + result["init_xla_compile_s"]
                             + result["init_first_run_s"])
@@ -299,13 +301,12 @@ def prepare(args: argparse.Namespace, parameterization: str, images: jax.Array,
 
   # The train step, jitted as train_and_evaluate does.
   step_fn = jax.jit(
-      functools.partial(steps.train_step, model=model, optimizer=optimizer,
-                        augment_flip=config.data.augment_flip,
-                        augment_max_translation=config.data.augment_max_translation),
-      in_shardings=(replicated, data_sharding, data_sharding, replicated, replicated),
+      functools.partial(steps.train_step, **bound),
+      in_shardings=(replicated, data_sharding, replicated, replicated),
       out_shardings=(replicated, replicated), donate_argnums=0)
   start = time.perf_counter()
-  lowered = step_fn.lower(state, images, labels, step_key, learning_rate)
+  lowered = step_fn.lower(state, {"images": images, "labels": labels}, step_key,
+                          learning_rate)
   result["step_lower_s"] = time.perf_counter() - start
   start = time.perf_counter()
   compiled = lowered.compile()
@@ -519,7 +520,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   peaks = {"float32": matmul_peak_flops(args.matmul_size, jnp.float32,
                                         _few(args.reps), args.warmup)}
   if args.dtype != "float32":
-    peaks[args.dtype] = matmul_peak_flops(args.matmul_size, steps.DTYPES[args.dtype],
+    peaks[args.dtype] = matmul_peak_flops(args.matmul_size, classification.DTYPES[args.dtype],
                                           _few(args.reps), args.warmup)
   peak = peaks[args.dtype]
 

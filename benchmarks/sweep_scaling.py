@@ -34,6 +34,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from configs import cifar  # noqa: E402
 from wn_jax import placement, steps  # noqa: E402
+from wn_jax.tasks import classification  # noqa: E402
 
 PAPER_STEPS = 200 * 500  # 200 epochs of 500 batches of 100
 
@@ -60,17 +61,17 @@ def time_members(config, num_members: int, train_size: int, reps: int, warmup: i
   images = jnp.asarray(rng.standard_normal((train_size, 32, 32, 3)), jnp.float32)
   labels = jnp.asarray(rng.integers(0, 10, train_size), jnp.int32)
   steps_per_epoch = train_size // config.batch_size
-  model = steps.create_model(config, 10)
-  optimizer = functools.partial(steps.create_optimizer, config, steps_per_epoch)
+  model = classification.create_model(config, {"num_classes": 10})
+  optimizer = functools.partial(classification.create_optimizer, config, steps_per_epoch)
   seeds = jnp.arange(num_members)
   keys = jax.vmap(lambda s: jax.random.split(jax.random.key(s)))(seeds)
   learning_rates = jnp.full((num_members,), config.optimizer.learning_rate, jnp.float32)
   init_rows = jnp.asarray(np.stack([rng.permutation(train_size)[:config.init_batch_size]
                                     for _ in range(num_members)]), jnp.int32)
-  state = jax.jit(functools.partial(steps.sweep_init, model=model, optimizer=optimizer,
-                                    member_loop=member_loop),
+  bound = dict(task=classification, config=config, model=model, optimizer=optimizer)
+  state = jax.jit(functools.partial(steps.sweep_init, member_loop=member_loop, **bound),
                   out_shardings=per_member)(
-      images, init_rows, keys[:, 0], jnp.ones(num_members, jnp.float32), learning_rates,
+      {"images": images, "labels": labels}, init_rows, keys[:, 0], jnp.ones(num_members, jnp.float32), learning_rates,
       None)
   epoch_rows = jnp.asarray(np.stack([
       np.sort(rng.permutation(train_size)[:steps_per_epoch * config.batch_size]
@@ -78,11 +79,11 @@ def time_members(config, num_members: int, train_size: int, reps: int, warmup: i
       for _ in range(num_members)]), jnp.int32)
   step_fn = jax.jit(
       functools.partial(steps.sweep_train_step, steps_per_epoch=steps_per_epoch,
-                        model=model, optimizer=optimizer, augment_flip=False,
-                        augment_max_translation=0, member_loop=member_loop),
-      in_shardings=(per_member, replicated, replicated, per_member, per_member, per_member),
+                        member_loop=member_loop, **bound),
+      in_shardings=(per_member, replicated, per_member, per_member, per_member),
       out_shardings=(per_member, per_member), donate_argnums=0)
-  return _median_time(step_fn, (state, images, labels, epoch_rows, keys[:, 1],
+  return _median_time(step_fn, (state, {"images": images, "labels": labels}, epoch_rows,
+                                keys[:, 1],
                                 learning_rates), reps, warmup)
 
 
@@ -93,15 +94,15 @@ def time_bare_step(config, reps: int, warmup: int) -> float:
   labels = jnp.asarray(rng.integers(0, 10, config.batch_size), jnp.int32)
   init_batch = jnp.asarray(rng.standard_normal((config.init_batch_size, 32, 32, 3)),
                            jnp.float32)
-  model = steps.create_model(config, 10)
-  optimizer = functools.partial(steps.create_optimizer, config, 500)
+  model = classification.create_model(config, {"num_classes": 10})
+  optimizer = functools.partial(classification.create_optimizer, config, 500)
   learning_rate = jnp.float32(config.optimizer.learning_rate)
-  state = jax.jit(functools.partial(steps.initialize, model=model, optimizer=optimizer))(
-      init_batch, jax.random.key(0), jnp.float32(1.0), learning_rate)
-  step_fn = jax.jit(functools.partial(steps.train_step, model=model, optimizer=optimizer,
-                                      augment_flip=False, augment_max_translation=0),
-                    donate_argnums=0)
-  return _median_time(step_fn, (state, images, labels, jax.random.key(1), learning_rate),
+  bound = dict(task=classification, config=config, model=model, optimizer=optimizer)
+  state = jax.jit(functools.partial(steps.initialize, **bound))(
+      {"images": init_batch}, jax.random.key(0), jnp.float32(1.0), learning_rate)
+  step_fn = jax.jit(functools.partial(steps.train_step, **bound), donate_argnums=0)
+  return _median_time(step_fn, (state, {"images": images, "labels": labels},
+                                jax.random.key(1), learning_rate),
                       reps, warmup)
 
 
@@ -110,7 +111,7 @@ def main() -> None:
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--parameterization", default="wn")
   parser.add_argument("--width", type=int, default=96)
-  parser.add_argument("--dtype", default="float32", choices=tuple(steps.DTYPES))
+  parser.add_argument("--dtype", default="float32", choices=tuple(classification.DTYPES))
   parser.add_argument("--members", default="1,2,4,8,16")
   parser.add_argument("--member-loop", default="auto", choices=steps.MEMBER_LOOPS)
   parser.add_argument("--train-size", type=int, default=2000)

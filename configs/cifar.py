@@ -44,6 +44,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     raise ValueError(f"Pick one parameterization, got {chosen}.")
 
   config = ml_collections.ConfigDict()
+  config.task = "classification"  # wn_jax/tasks/classification.py
   config.seed = 0
 
   config.data = ml_collections.ConfigDict()
@@ -110,6 +111,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # authors' PixelCNN++ code evaluates with; not in the CIFAR-10 recipe):
   # 0 = off, else e.g. 0.999; both test errors are then logged.
   config.ema_decay = 0.0
+  # The same average given as a horizon in epochs (decay 1 - 1/(epochs *
+  # steps per epoch)); 0 = use ema_decay.
+  config.ema_epochs = 0.0
 
   config.num_epochs = 200
   config.batch_size = 100
@@ -123,7 +127,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # Test-set evaluation after every N-th epoch and after the last (the
   # paper's code evaluates every epoch).
   config.eval_every_epochs = 1
+  # Also every N steps on the first eval_subset test examples (0 = off /
+  # the whole test set).
+  config.eval_every_steps = 0
+  config.eval_subset = 0
   config.keep_checkpoints = 3
+  # The task's pictures into TensorBoard and pictures/ after every N-th
+  # evaluated epoch and the last (0 = never; the classifier draws none).
+  config.pictures_every_epochs = 0
   # Multi-host: jax.distributed.initialize(); '' / 0 / -1 = auto-detect
   # (SLURM, TPU pods, ...), else set all three on every host.
   config.distributed = ml_collections.ConfigDict()

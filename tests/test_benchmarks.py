@@ -83,13 +83,13 @@ def test_analytic_flops_match_a_hand_count(parameterization):
   import jax
 
   from configs import cifar
-  from wn_jax import steps
+  from wn_jax.tasks import classification
 
   width = 6
   config = cifar.get_config(parameterization)
   config.model.width = width
   config.model.data_init = False  # shapes only
-  model = steps.create_model(config, 10)
+  model = classification.create_model(config, {"num_classes": 10})
   variables = jax.eval_shape(
       lambda: model.init({"params": jax.random.key(0), "noise": jax.random.key(1),
                           "dropout": jax.random.key(2)},

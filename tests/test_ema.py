@@ -11,24 +11,25 @@ import pytest
 from conftest import tiny_config
 
 from wn_jax import config_checks, steps, train
+from wn_jax.tasks import classification
 
 
 @pytest.mark.slow  # 46 s on the 2-core CPU
 def test_the_average_follows_its_formula_step_by_step(image_folder):
   config = tiny_config(image_folder, "wn_mobn")
   decay = 0.75
-  model = steps.create_model(config, num_classes=3)
-  optimizer = functools.partial(steps.create_optimizer, config, 6)
+  model = classification.create_model(config, {"num_classes": 3})
+  optimizer = functools.partial(classification.create_optimizer, config, 6)
   batch = jax.random.normal(jax.random.key(0), (10, 12, 12, 3))
   labels = jnp.arange(10) % 3
   lr = jnp.float32(1e-2)
-  state = steps.initialize(batch, jax.random.key(1), jnp.float32(1.0), lr, model=model,
-                           optimizer=optimizer, ema=True)
-  step = functools.partial(steps.train_step, model=model, optimizer=optimizer,
-                           augment_flip=False, augment_max_translation=0, ema_decay=decay)
+  bound = dict(task=classification, config=config, model=model, optimizer=optimizer)
+  state = steps.initialize({"images": batch}, jax.random.key(1), jnp.float32(1.0), lr,
+                           ema=True, **bound)
+  step = functools.partial(steps.train_step, ema_decay=decay, **bound)
   params = [state.params]
   for i in range(3):
-    state, _ = step(state, batch, labels, jax.random.key(2 + i), lr)
+    state, _ = step(state, {"images": batch, "labels": labels}, jax.random.key(2 + i), lr)
     params.append(state.params)
   # ema_3 = d^3 p0 + (1-d) (d^2 p1 + d p2 + p3), written out.
   expected = jax.tree.map(

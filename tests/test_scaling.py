@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 from conftest import REPO_ROOT, make_image_folder, tiny_config
 
-from wn_jax import steps, train
+from wn_jax import train
+from wn_jax.tasks import classification
 
 # Trains each (config, workdir, output) of a JSON list in this fresh process
 # (one process, so imports happen once) and saves the final variables.
@@ -235,7 +236,7 @@ def test_bfloat16_trains(image_folder, tmp_path):
   # Parameters and running statistics stay float32 ...
   assert {x.dtype.name for x in jax.tree.leaves((state.params, state.model_state))} == {"float32"}
   # ... while every convolution runs in bfloat16.
-  model = steps.create_model(config, num_classes=3)
+  model = classification.create_model(config, {"num_classes": 3})
   variables = {"params": state.params, **state.model_state}
   jaxpr = jax.make_jaxpr(lambda v, x: model.apply(v, x, train=False))(
       variables, np.zeros((2, 12, 12, 3), np.float32))

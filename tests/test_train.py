@@ -13,9 +13,10 @@ import pytest
 from conftest import MODEL_FUNCTIONS, REPO_ROOT, tiny_config
 
 from configs import cifar
-from wn_jax import config_checks, steps, train
+from wn_jax import config_checks, train
 from wn_jax.data import sources, zca
 from wn_jax.layers.parameterization import PARAMETERIZATIONS
+from wn_jax.tasks import classification
 
 
 def _read_metrics(workdir):
@@ -157,7 +158,7 @@ def test_train_subset_and_eval_every_epochs(image_folder, tmp_path):
 def test_learning_rate_and_b1_follow_the_recipe():
   config = cifar.get_config()
   steps_per_epoch = 500
-  learning_rate, b1 = steps.learning_rate_and_b1(config, steps_per_epoch)
+  learning_rate, b1 = classification.learning_rate_and_b1(config, steps_per_epoch)
   # Authors' code: lr * min(2 - epoch/100, 1); beta1 0.9 then 0.5 from epoch 100.
   for epoch in (0, 99, 100, 150, 199):
     for step in (epoch * steps_per_epoch, (epoch + 1) * steps_per_epoch - 1):
@@ -165,7 +166,7 @@ def test_learning_rate_and_b1_follow_the_recipe():
                                  rtol=1e-6)
       assert float(b1(step)) == pytest.approx(0.9 if epoch < 100 else 0.5)
   # Through the optimizer itself: the injected hyperparameters at each step.
-  tx = steps.create_optimizer(config, steps_per_epoch=2)
+  tx = classification.create_optimizer(config, steps_per_epoch=2)
   params = {"w": jnp.ones(3)}
   opt_state = tx.init(params)
   seen = {}
@@ -185,7 +186,7 @@ def test_learning_rate_and_b1_anneal_from_any_epoch():
   config.num_epochs = 10
   config.optimizer.anneal_start_epoch = 3
   steps_per_epoch = 4
-  learning_rate, b1 = steps.learning_rate_and_b1(config, steps_per_epoch)
+  learning_rate, b1 = classification.learning_rate_and_b1(config, steps_per_epoch)
   expected = {0: (1e-3, 0.9), 2: (1e-3, 0.9), 3: (1e-3, 0.5), 4: (6e-3 / 7, 0.5),
               9: (1e-3 / 7, 0.5)}
   for epoch, (lr, beta1) in expected.items():
@@ -193,7 +194,7 @@ def test_learning_rate_and_b1_anneal_from_any_epoch():
       np.testing.assert_allclose(learning_rate(step), lr, rtol=1e-6, err_msg=str(epoch))
       np.testing.assert_allclose(b1(step), beta1, rtol=1e-6, err_msg=str(epoch))
   # The optimizer sees the same values.
-  tx = steps.create_optimizer(config, steps_per_epoch)
+  tx = classification.create_optimizer(config, steps_per_epoch)
   params = {"w": jnp.ones(3)}
   opt_state = tx.init(params)
   seen = {}
@@ -207,7 +208,7 @@ def test_learning_rate_and_b1_anneal_from_any_epoch():
 
 def test_adam_has_epsilon_inside_the_square_root():
   config = cifar.get_config()
-  tx = steps.create_optimizer(config, steps_per_epoch=10)
+  tx = classification.create_optimizer(config, steps_per_epoch=10)
   grad = jnp.array([1e-5, 1.0])
   params = jnp.zeros(2)
   updates, _ = tx.update(grad, tx.init(params), params)

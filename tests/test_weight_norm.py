@@ -354,11 +354,12 @@ def test_conv_weight_norm_is_batch_norm_only_without_padding_on_whitened_images(
 
 def test_the_config_init_order_reaches_the_model():
   from configs import cifar
-  from wn_jax import config_checks, steps
+  from wn_jax import config_checks
+  from wn_jax.tasks import classification
 
   config = cifar.get_config("wn")
   config.model.init_order = "independent"
-  assert steps.create_model(config, num_classes=10).init_order == "independent"
+  assert classification.create_model(config, {"num_classes": 10}).init_order == "independent"
   config.model.init_order = "backwards"
   with pytest.raises(ValueError, match="Unknown init_order 'backwards'; valid ones are"):
     config_checks.validate_config(config, num_devices=1)

@@ -15,8 +15,8 @@ from typing import Any
 import ml_collections
 
 from wn_jax import steps, sweep
-from wn_jax.data import sources
 from wn_jax.layers import data_init, parameterization
+from wn_jax.tasks import get_task
 
 # Config keys that may change between a run and its resumption: they do not
 # change what is computed.
@@ -26,6 +26,10 @@ RESUMABLE_KEYS = ("log_every_steps", "log_norms_every_steps", "checkpoint_every_
                   "distributed.process_id", "sweep.member_loop",
                   "model.conv_weight_grad", "data.folder", "data.tfds_data_dir",
                   "data.cache_dir", "eval_every_epochs", "model.api")
+# Keys added after runs were recorded without them, with the value those runs
+# had: a checkpoint written before a key existed resumes under its default.
+ADDED_KEYS = {"task": "classification", "ema_epochs": 0.0, "pictures_every_epochs": 0,
+              "eval_every_steps": 0, "eval_subset": 0}
 # float32 convs and matmuls: 'default' lets the backend choose (TF32 on
 # NVIDIA Ampere/Hopper GPUs), 'highest' computes in full float32.
 MATMUL_PRECISIONS = ("default", "high", "highest")
@@ -37,15 +41,12 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
     if not value > 0:
       raise ValueError(f"config.{key} must be positive, got {value!r}.")
 
+  task = get_task(config.task)
   parameterization.check_parameterization(config.model.parameterization)
   data_init.check_init_order(config.model.init_order)
-  if config.model.api not in steps.MODEL_APIS:
-    raise ValueError(f"config.model.api must be one of {', '.join(steps.MODEL_APIS)}, "
-                     f"got {config.model.api!r}.")
   positive("optimizer.learning_rate", config.optimizer.learning_rate)
   positive("batch_size", config.batch_size)
   positive("num_epochs", config.num_epochs)
-  positive("model.width", config.model.width)
   positive("eval_batch_size", config.eval_batch_size)
   positive("checkpoint_every_epochs", config.checkpoint_every_epochs)
   positive("eval_every_epochs", config.eval_every_epochs)
@@ -62,31 +63,20 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
     raise ValueError(
         f"config.init_batch_size={config.init_batch_size}: the data-dependent "
         "init needs at least 2 examples to compute a standard deviation.")
-  if not 0 <= config.optimizer.anneal_start_epoch <= config.num_epochs:
-    raise ValueError(
-        f"config.optimizer.anneal_start_epoch={config.optimizer.anneal_start_epoch}"
-        f" must lie in [0, num_epochs={config.num_epochs}]; set it too when "
-        "changing num_epochs (the paper anneals over the second half).")
-  if config.model.conv_weight_grad not in steps.CONV_WEIGHT_GRADS:
-    raise ValueError(f"config.model.conv_weight_grad must be one of "
-                     f"{steps.CONV_WEIGHT_GRADS}, got {config.model.conv_weight_grad!r}.")
-  if config.model.dtype not in steps.DTYPES:
-    raise ValueError(f"config.model.dtype must be one of {tuple(steps.DTYPES)}, got "
-                     f"{config.model.dtype!r}.")
-  if config.data.source not in sources.VALID_SOURCES:
-    raise ValueError(f"config.data.source must be one of "
-                     f"{sources.VALID_SOURCES}, got {config.data.source!r}.")
-  if config.data.source == "folder" and not config.data.folder:
-    raise ValueError("config.data.source='folder' needs config.data.folder="
-                     "<root with train/ and test/ class folders>.")
-  if config.data.train_subset < 0:
-    raise ValueError(f"config.data.train_subset must be >= 0 (0 = the whole training set), "
-                     f"got {config.data.train_subset!r}.")
-  if config.data.augment_max_translation < 0:
-    raise ValueError("config.data.augment_max_translation must be >= 0.")
   if not 0 <= config.ema_decay < 1:
     raise ValueError(f"config.ema_decay must lie in [0, 1) (0 = off), got "
                      f"{config.ema_decay!r}.")
+  if config.ema_epochs < 0:
+    raise ValueError(f"config.ema_epochs must be >= 0 (0 = off), got {config.ema_epochs!r}.")
+  if config.ema_epochs > 0 and config.ema_decay > 0:
+    raise ValueError("Set one of config.ema_decay (per step) and config.ema_epochs (a "
+                     "horizon in epochs), not both.")
+  if config.eval_every_steps < 0 or config.eval_subset < 0:
+    raise ValueError("config.eval_every_steps and config.eval_subset must be >= 0 (0 = off / "
+                     "the whole test set).")
+  if config.pictures_every_epochs < 0:
+    raise ValueError("config.pictures_every_epochs must be >= 0 (0 = never).")
+  task.validate_config(config)
   if config.sweep.member_loop not in steps.MEMBER_LOOPS:
     raise ValueError(f"config.sweep.member_loop must be one of {steps.MEMBER_LOOPS}, got "
                      f"{config.sweep.member_loop!r}.")
@@ -111,7 +101,7 @@ def check_resumable_config(config: ml_collections.ConfigDict, workdir: str) -> N
   if not os.path.exists(path):
     return
   with open(path) as f:
-    saved = flatten_config(json.load(f))
+    saved = {**ADDED_KEYS, **flatten_config(json.load(f))}
   current = flatten_config(json.loads(config.to_json()))
   differing = sorted(k for k in set(saved) | set(current)
                      if k not in RESUMABLE_KEYS and saved.get(k) != current.get(k))

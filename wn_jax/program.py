@@ -1,11 +1,11 @@
 """A run's program: its data on the devices, its members, its jitted functions.
 
-`load_data` loads and whitens the data set (through the data cache) and
-places it, replicated, on every device; a step receives only the indices
-of its batch and gathers the images itself. `sweep_members` lists the
+`load_data` loads the task's data set (`task.load_data`) and places it,
+replicated, on every device; a step receives only the indices of its
+batch and gathers the examples itself. `sweep_members` lists the
 members of a sweep (`wn_jax.sweep`), one member for a plain run.
-`build_program` binds the step functions of `steps` to the model, the
-optimizer and the shardings and jits them once. Building only: the loop,
+`build_program` binds the step functions of `steps` to the task, its
+model, its optimizer and the shardings and jits them once. Building only: the loop,
 checkpoints and records are in `train` and `records`.
 """
 
@@ -14,59 +14,57 @@ from __future__ import annotations
 import functools
 import os
 from collections.abc import Callable
+from types import ModuleType
 from typing import Any, NamedTuple
 
 import jax
 import ml_collections
 import numpy as np
-from absl import logging
 from jax.sharding import Mesh, NamedSharding
 
 from wn_jax import steps, sweep
-from wn_jax.data import batches, cache
+from wn_jax.data import batches
 from wn_jax.placement import mesh_sharding, put_global
 from wn_jax.steps import TrainState
+from wn_jax.tasks.base import num_examples
 
 Array = jax.Array
 PyTree = Any
 
+EVAL_KEY_INDEX = 2**32 - 1  # fold_in index of the eval key: no step reaches it
+
 
 class DeviceData(NamedTuple):
-  """The whitened data set, replicated on every device.
+  """The task's data set (`wn_jax.tasks.TaskData`), replicated on every device.
 
-  train_images [N, H, W, C] float32, train_labels [N] int32, test_images
-  [M, H, W, C], test_labels [M]; num_classes.
+  train / test: name -> array [num_examples, ...]; info: the task's.
   """
-  train_images: Array
-  train_labels: Array
-  test_images: Array
-  test_labels: Array
-  num_classes: int
+  train: dict[str, Array]
+  test: dict[str, Array]
+  info: dict[str, Any]
+
+  @property
+  def num_train(self) -> int:
+    return num_examples(self.train)
+
+  @property
+  def num_test(self) -> int:
+    return num_examples(self.test)
 
 
-def load_data(config: ml_collections.ConfigDict, mesh: Mesh) -> DeviceData:
-  """Loads and whitens the data set (or reads both from the data cache),
-  logging the times, and places it on the devices."""
-  data = cache.load_whitened(config.data)
-  logging.info("Loaded %d training and %d test images from %s in %.1f s (data cache: %s, %s).",
-               len(data.train_x), len(data.test_x), config.data.source, data.report.load_seconds,
-               data.report.cache, data.report.cache_dir)
-  if config.data.train_subset:  # ZCA stays the one fitted on the whole training set.
-    rows = batches.class_balanced_subset(data.train_y, config.data.train_subset)
-    data = data._replace(train_x=data.train_x[rows], train_y=data.train_y[rows])
-    logging.info("Training on a class-balanced subset of %d images (the first %d of each class).",
-                 len(rows), len(rows) // len(data.class_names))
-  if len(data.train_x) < max(config.batch_size, config.init_batch_size):
+def load_data(config: ml_collections.ConfigDict, task: ModuleType, mesh: Mesh) -> DeviceData:
+  """The task's data (`task.load_data`), placed on the devices."""
+  data = task.load_data(config)
+  num_train = num_examples(data.train)
+  num_examples(data.test)
+  if num_train < max(config.batch_size, config.init_batch_size):
     raise ValueError(
-        f"The training set has {len(data.train_x)} examples, fewer than "
+        f"The training set has {num_train} examples, fewer than "
         f"batch_size={config.batch_size} or init_batch_size={config.init_batch_size}.")
-  logging.info("ZCA fitted and applied in %.1f s%s.", data.report.whiten_seconds,
-               " (whitened arrays read from the data cache)" if data.report.cache == "hit" else "")
   replicated = mesh_sharding(mesh)
-  return DeviceData(
-      put_global(data.train_x, replicated), put_global(data.train_y, replicated),
-      put_global(data.test_x, replicated), put_global(data.test_y, replicated),
-      num_classes=len(data.class_names))
+  def place(arrays):
+    return {name: put_global(a, replicated) for name, a in arrays.items()}
+  return DeviceData(place(data.train), place(data.test), dict(data.info))
 
 
 class Members(NamedTuple):
@@ -124,68 +122,92 @@ class Program(NamedTuple):
   """A run's placements and jitted functions, built once per start."""
   mesh: Mesh
   members: Members
+  task: ModuleType
   data: DeviceData
+  model: Any
   steps_per_epoch: int
   learning_rates: Array  # [M]
   step_keys: Array  # [M] keys
+  eval_keys: Array  # [M] keys, the same at every evaluation
   init_fn: Callable[..., TrainState]
   init_args: tuple
   step_fn: Callable[..., tuple[TrainState, dict[str, Array]]]
   eval_fn: Callable[..., dict[str, Array]]
   eval_batches: list[tuple[Array, Array]]  # (rows, mask), each [eval batch]
+  # The fixed test subset evaluated every `eval_every_steps` (its first
+  # `eval_subset` examples); empty when that is off.
+  subset_eval_batches: list[tuple[Array, Array]]
   norms_fn: Callable[[PyTree], dict[str, Array]] | None  # None: no WN layer.
 
   def sharding(self, *spec) -> NamedSharding:
     return mesh_sharding(self.mesh, *spec)
 
 
+def ema_decay(config: ml_collections.ConfigDict, steps_per_epoch: int) -> float:
+  """The per-step decay of the parameters' moving average: `config.ema_decay`,
+  or from a horizon in epochs, `1 - 1 / (ema_epochs * steps_per_epoch)`
+  (the paper's "exponential moving average over approximately 10 epochs")."""
+  if config.ema_epochs > 0:
+    return 1.0 - 1.0 / (config.ema_epochs * steps_per_epoch)
+  return config.ema_decay
+
+
 def build_program(config: ml_collections.ConfigDict, mesh: Mesh, members: Members,
-                  data: DeviceData) -> Program:
+                  task: ModuleType, data: DeviceData) -> Program:
   """The model, the keys and the jitted init, step, eval and norms."""
   sharding = functools.partial(mesh_sharding, mesh)
   replicated, per_member = sharding(), sharding("members")
   data_devices = mesh.shape["data"]
-  num_train = data.train_images.shape[0]
+  num_train = data.num_train
   steps_per_epoch = num_train // config.batch_size
-  model = steps.create_model(config, num_classes=data.num_classes)
-  optimizer = functools.partial(steps.create_optimizer, config, steps_per_epoch)
+  model = task.create_model(config, data.info)
+  optimizer = functools.partial(task.create_optimizer, config, steps_per_epoch)
+  bound = dict(task=task, config=config, model=model)
   learning_rates = put_global(members.learning_rates, per_member)
   # Each member's init and training draw from separate streams of its seed;
-  # step keys are fold_in(step_key, step) inside the step.
+  # step keys are fold_in(step_key, step) inside the step. The eval key is
+  # the step stream folded with 2^32 - 1, which no step reaches.
   init_keys, step_keys = jax.jit(
       jax.vmap(lambda seed: tuple(jax.random.split(jax.random.key(seed)))),
       out_shardings=per_member)(put_global(members.seeds, per_member))
+  eval_keys = jax.jit(jax.vmap(lambda key: jax.random.fold_in(key, EVAL_KEY_INDEX)),
+                      out_shardings=per_member)(step_keys)
   init_rows = member_init_rows(members, num_train, config.init_batch_size)
   init_args = (
-      data.train_images,
+      data.train,
       put_global(init_rows, sharding("members", "data")
                  if config.init_batch_size % data_devices == 0 else per_member),
       init_keys, put_global(members.init_scales, per_member), learning_rates,
       None if members.data_init is None else put_global(members.data_init, per_member))
   member_loop = config.sweep.member_loop
-  init_fn = jax.jit(functools.partial(steps.sweep_init, model=model, optimizer=optimizer,
-                                      ema=config.ema_decay > 0, member_loop=member_loop),
+  use_ema = config.ema_decay > 0 or config.ema_epochs > 0
+  init_fn = jax.jit(functools.partial(steps.sweep_init, optimizer=optimizer, ema=use_ema,
+                                      member_loop=member_loop, **bound),
                     out_shardings=per_member)
   step_fn = jax.jit(
-      functools.partial(steps.sweep_train_step, steps_per_epoch=steps_per_epoch, model=model,
-                        optimizer=optimizer, augment_flip=config.data.augment_flip,
-                        augment_max_translation=config.data.augment_max_translation,
-                        ema_decay=config.ema_decay, member_loop=member_loop),
-      in_shardings=(per_member, replicated, replicated, sharding("members", None, "data"),
+      functools.partial(steps.sweep_train_step, steps_per_epoch=steps_per_epoch,
+                        optimizer=optimizer, ema_decay=ema_decay(config, steps_per_epoch),
+                        member_loop=member_loop, **bound),
+      in_shardings=(per_member, replicated, sharding("members", None, "data"),
                     per_member, per_member),
       out_shardings=(per_member, per_member), donate_argnums=0)
-  eval_fn = jax.jit(functools.partial(steps.sweep_eval_step, model=model,
-                                      member_loop=member_loop),
-                    in_shardings=(per_member, replicated, replicated, sharding("data"),
-                                  sharding("data")),
+  eval_fn = jax.jit(functools.partial(steps.sweep_eval_step, member_loop=member_loop, **bound),
+                    in_shardings=(per_member, replicated, sharding("data"),
+                                  sharding("data"), per_member),
                     out_shardings=per_member)
   eval_batch_size = -(-config.eval_batch_size // data_devices) * data_devices
-  eval_batches = [(put_global(rows, sharding("data")), put_global(mask, sharding("data")))
-                  for rows, mask in _eval_rows(data.test_images.shape[0], eval_batch_size)]
+  def placed_eval_batches(num_examples):
+    return [(put_global(rows, sharding("data")), put_global(mask, sharding("data")))
+            for rows, mask in _eval_rows(num_examples, eval_batch_size)]
+  eval_batches = placed_eval_batches(data.num_test)
+  subset_eval_batches = (placed_eval_batches(min(config.eval_subset or data.num_test,
+                                                 data.num_test))
+                         if config.eval_every_steps > 0 else [])
   one_member = jax.eval_shape(lambda *a: jax.tree.map(lambda x: x[0], init_fn(*a)),
                               *init_args)
   has_norms = bool(jax.eval_shape(steps.weight_norm_stats, one_member.params))
   norms_fn = (jax.jit(jax.vmap(steps.weight_norm_stats), out_shardings=per_member)
               if config.log_norms_every_steps > 0 and has_norms else None)
-  return Program(mesh, members, data, steps_per_epoch, learning_rates, step_keys,
-                 init_fn, init_args, step_fn, eval_fn, eval_batches, norms_fn)
+  return Program(mesh, members, task, data, model, steps_per_epoch, learning_rates,
+                 step_keys, eval_keys, init_fn, init_args, step_fn, eval_fn, eval_batches,
+                 subset_eval_batches, norms_fn)

@@ -21,6 +21,7 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
+from PIL import Image
 
 from wn_jax import sweep
 from wn_jax.placement import fetch
@@ -106,6 +107,27 @@ class _MemberRecords:
     if scalars and self.writer is not None:
       self.writer.write_scalars(step, record)
 
+  def has_final(self, step: int) -> bool:
+    """Whether metrics.jsonl holds the final measurements of `step`."""
+    if not os.path.exists(self.metrics.path):
+      return False
+    with open(self.metrics.path) as f:
+      return any("final" in record and record["step"] == step
+                 for record in map(json.loads, filter(str.strip, f)))
+
+  def write_images(self, step: int, images: Mapping[str, np.ndarray]) -> None:
+    """uint8 images [H, W, C] into TensorBoard and `pictures/<name>.png`
+    (the newest of each name; process 0 only)."""
+    if not images or jax.process_index() != 0:
+      return
+    if self.writer is not None:
+      self.writer.write_images(step, {name: image[None] for name, image in images.items()})
+    folder = os.path.join(self.directory, "pictures")
+    os.makedirs(folder, exist_ok=True)
+    for name, image in images.items():
+      Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(
+          os.path.join(folder, f"{name}.png"))
+
   def close(self) -> None:
     if self.writer is not None:
       self.writer.flush()
@@ -169,9 +191,8 @@ class Records:
     for step, metrics in window:
       for k in range(len(self.members)):
         if stopped_at[k] < 0 or step < stopped_at[k]:
-          sums["loss"][k] += metrics["loss"][k]
-          sums["error"][k] += metrics["error"][k]
-          sums["count"][k] += 1
+          for name in sums:
+            sums[name][k] += 1 if name == "count" else metrics[name][k]
         elif step == stopped_at[k] and k not in self.nonfinite:
           self.nonfinite[k] = (step, float(metrics["loss"][k]))
           message = (f"non-finite training loss {metrics['loss'][k]} at step {step}; "

@@ -1,25 +1,26 @@
-"""The model, the optimizer, and the pure step functions.
+"""The train state and the pure step functions, for any task.
 
-`TrainState`; `create_model` (the Linen CifarNet, or its NNX twin with
-`model.api='nnx'`) and `create_optimizer` (Adam with the authors' per-epoch
-schedules); the one-member `initialize` (the data-dependent init),
-`train_step`, `eval_step` and `weight_norm_stats`;
-and their sweep versions, which run every member (`over_members`: vmapped
-or unrolled) and gather each batch from indices into the on-device data.
+`TrainState`; the one-member `initialize` (the data-dependent init through
+`task.init_variables`), `train_step` (`task.train_loss`), `eval_step`
+(`task.eval_sums`) and `weight_norm_stats`; and their sweep versions,
+which run every member (`over_members`: vmapped or unrolled) and gather
+each batch from indices into the on-device data. The task (a module of
+`wn_jax.tasks`) and the config arrive bound by `functools.partial`; the
+functions here know no task.
 
-Reproducibility: the step's noise, dropout and augmentation keys are
-`fold_in(step_key, step)` with the step read from the state, so a resumed
-run draws the same numbers as an uninterrupted one.
+Reproducibility: the step's keys (one per name in `task.RNG_NAMES`) are
+split from `fold_in(step_key, step)` with the step read from the state, so
+a resumed run draws the same numbers as an uninterrupted one.
 
-Everything here is a pure function of arrays and static settings (only
-the backend's name picks a default): no shardings, files or logging
-(`placement`, `program`, `records`).
+Everything here is a pure function of arrays and static settings: no
+shardings, files or logging (`placement`, `program`, `records`).
 """
 
 from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from types import ModuleType
 from typing import Any
 
 import jax
@@ -28,18 +29,8 @@ import ml_collections
 import optax
 from flax import struct
 
-from wn_jax import models
-from wn_jax.data import batches
-from wn_jax.nnx.functional import FunctionalCifarNet
-
 Array = jax.Array
 PyTree = Any
-
-CONV_WEIGHT_GRADS = ("auto", "xla", "per_tap")
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-# The module system the network is written in: Flax Linen (wn_jax.models) or
-# Flax NNX (wn_jax.nnx), trained by the same functional loop.
-MODEL_APIS = ("linen", "nnx")
 
 
 @struct.dataclass
@@ -65,110 +56,46 @@ class TrainState:
 
 
 # ---------------------------------------------------------------------------
-# Model, optimizer, and the pure step functions (one member each).
+# The pure step functions of one member, for any task (`wn_jax.tasks`).
 
 
-def create_model(config: ml_collections.ConfigDict, num_classes: int
-                 ) -> models.CifarNet | FunctionalCifarNet:
-  """The Linen CifarNet, or with `model.api='nnx'` its NNX twin behind the
-  same init/apply interface (same variables, same numbers)."""
-  conv_weight_grad = config.model.conv_weight_grad
-  if conv_weight_grad == "auto":  # per-tap matmuls only pay off on XLA:CPU.
-    conv_weight_grad = "per_tap" if jax.default_backend() == "cpu" else "xla"
-  m = config.model
-  model = models.CifarNet(
-      num_classes=num_classes, width=m.width, parameterization=m.parameterization,
-      data_init=m.data_init, init_scale=m.init_scale, init_order=m.init_order,
-      input_noise=m.input_noise,
-      dropout_rate=m.dropout_rate, leaky_relu_slope=m.leaky_relu_slope,
-      bn_momentum=m.bn_momentum, bn_epsilon=m.bn_epsilon,
-      conv_weight_grad=conv_weight_grad, dtype=DTYPES[m.dtype])
-  return FunctionalCifarNet.like(model) if m.api == "nnx" else model
+def _step_rngs(step_key: Array, step: Array, names: tuple[str, ...]) -> dict[str, Array]:
+  """One key per random stream of the task, from `fold_in(step_key, step)`."""
+  return dict(zip(names, jax.random.split(jax.random.fold_in(step_key, step), len(names))))
 
 
-def learning_rate_and_b1(config: ml_collections.ConfigDict, steps_per_epoch: int,
-                         learning_rate: float | Array | None = None
-                         ) -> tuple[optax.Schedule, optax.Schedule]:
-  """Per-epoch schedules of the authors' code, as functions of the step.
+Optimizer = Callable[[Array], optax.GradientTransformation]  # base lr -> optimizer
 
-  lr(epoch) = lr * min((num_epochs - epoch) / (num_epochs - anneal_start), 1)
-  (code: `lr * min(2 - epoch/100, 1)` for 200 epochs, anneal at 100);
-  b1(epoch) = b1 before `anneal_start_epoch`, `b1_anneal` from then on.
-  `learning_rate` (default `config.optimizer.learning_rate`) is the base
-  `lr`; it may be a traced value, one per sweep member.
+
+def initialize(init_batch: PyTree, init_key: Array, init_scale: Array,
+               learning_rate: Array, *, task: ModuleType, config: ml_collections.ConfigDict,
+               model: Any, optimizer: Optimizer, data_init: Array | None = None,
+               ema: bool = False) -> TrainState:
+  """The data-dependent init of one member (`task.init_variables`), then its
+  optimizer state.
+
+  init_batch: the task's batch (arrays [N, ...]); `init_scale` and
+  `learning_rate` are scalars (traced in a sweep). `data_init`: None uses
+  `model.data_init`; a boolean scalar (traced in a sweep that mixes both)
+  selects between the data-dependent init and `g = ||v||, b = 0` of the
+  same draw of `v`. `ema`: start a moving average of the parameters at
+  their initial values.
   """
-  opt = config.optimizer
-  base = opt.learning_rate if learning_rate is None else learning_rate
-  anneal_epochs = max(config.num_epochs - opt.anneal_start_epoch, 1)
-
-  def epoch_of(step):
-    return step // steps_per_epoch
-
-  def schedule(step):
-    remaining = (config.num_epochs - epoch_of(step)) / anneal_epochs
-    return base * jnp.clip(remaining, 0.0, 1.0)
-
-  def b1(step):
-    return jnp.where(epoch_of(step) < opt.anneal_start_epoch, opt.b1, opt.b1_anneal)
-
-  return schedule, b1
-
-
-def create_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int,
-                     learning_rate: float | Array | None = None
-                     ) -> optax.GradientTransformation:
-  """Adam with epsilon inside the square root (code: m/sqrt(v + 1e-8)).
-
-  `learning_rate`: the base learning rate (default the config's), a traced
-  value inside a sweep, so each member's schedule reaches optax as data.
-  """
-  schedule, b1 = learning_rate_and_b1(config, steps_per_epoch, learning_rate)
-  return optax.inject_hyperparams(optax.adam)(
-      learning_rate=schedule, b1=b1, b2=config.optimizer.b2,
-      eps=config.optimizer.eps, eps_root=config.optimizer.eps_root)
-
-
-def cross_entropy_and_error(logits: Array, labels: Array) -> tuple[Array, Array]:
-  """Per-example softmax cross-entropy and 0/1 error: [B, K], [B] -> [B], [B]."""
-  loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-  error = (jnp.argmax(logits, -1) != labels).astype(jnp.float32)
-  return loss, error
-
-
-def _step_rngs(step_key: Array, step: Array) -> dict[str, Array]:
-  noise, dropout, augment = jax.random.split(jax.random.fold_in(step_key, step), 3)
-  return {"noise": noise, "dropout": dropout, "augment": augment}
-
-
-Optimizer = Callable[[Array], optax.GradientTransformation]  # base lr -> Adam
-
-
-def initialize(init_batch: Array, init_key: Array, init_scale: Array,
-               learning_rate: Array, *, model: models.CifarNet, optimizer: Optimizer,
-               data_init: Array | None = None, ema: bool = False) -> TrainState:
-  """The data-dependent init of one member, then its optimizer state.
-
-  Runs in training mode (noise and dropout on), as the authors' code does.
-  init_batch [N, H, W, C]; `init_scale` and `learning_rate` are scalars
-  (traced in a sweep). `data_init`: None uses `model.data_init`; a boolean
-  scalar (traced in a sweep that mixes both) selects between the
-  data-dependent init and `g = ||v||, b = 0` of the same draw of `v`.
-  `ema`: start a moving average of the parameters at their initial values.
-  """
-  params_key, noise_key, dropout_key = jax.random.split(init_key, 3)
-  rngs = {"params": params_key, "noise": noise_key, "dropout": dropout_key}
+  names = ("params",) + tuple(task.INIT_RNG_NAMES)
+  rngs = dict(zip(names, jax.random.split(init_key, len(names))))
   model = model.clone(init_scale=init_scale)
   if data_init is None:
-    variables = model.init(rngs, init_batch, train=True)
+    variables = task.init_variables(config, model, init_batch, rngs)
   else:
-    with_data = model.clone(data_init=True).init(rngs, init_batch, train=True)
-    without = model.clone(data_init=False).init(rngs, init_batch, train=True)
+    with_data = task.init_variables(config, model.clone(data_init=True), init_batch, rngs)
+    without = task.init_variables(config, model.clone(data_init=False), init_batch, rngs)
     if jax.tree.structure(with_data) != jax.tree.structure(without):
       raise ValueError(
           f"A sweep cannot mix data_init=True and False for parameterization "
           f"{model.parameterization!r}: its variables differ (the frozen scale of "
           "the data-dependent init); launch the two as separate runs.")
     variables = jax.tree.map(lambda a, b: jnp.where(data_init, a, b), with_data, without)
+  variables = dict(variables)
   params = variables.pop("params")
   return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                     model_state=dict(variables),
@@ -177,31 +104,25 @@ def initialize(init_batch: Array, init_key: Array, init_scale: Array,
                     ema_params=params if ema else None)
 
 
-def train_step(state: TrainState, images: Array, labels: Array, step_key: Array,
-               learning_rate: Array, *, model: models.CifarNet, optimizer: Optimizer,
-               augment_flip: bool, augment_max_translation: int, ema_decay: float = 0.0
+def train_step(state: TrainState, batch: PyTree, step_key: Array, learning_rate: Array, *,
+               task: ModuleType, config: ml_collections.ConfigDict, model: Any,
+               optimizer: Optimizer, ema_decay: float = 0.0
                ) -> tuple[TrainState, dict[str, Array]]:
-  """One Adam step of one member on a batch.
+  """One optimizer step of one member on a batch.
 
-  images [B, H, W, C] float32, labels [B] int32, `learning_rate` the
-  member's base learning rate (scalar). Returns the new state and metrics
-  {loss, error, learning_rate} of the batch (noise and dropout on, batch
-  statistics), computed before the update. If the state carries
-  `ema_params`, they become `ema_decay * ema + (1 - ema_decay) * params`
-  with the updated params.
+  batch: the task's batch (arrays [B, ...]); `learning_rate` the member's
+  base learning rate (scalar). Returns the new state and the batch's
+  metrics (`task.TRAIN_METRICS`, computed before the update, in training
+  mode) and 'learning_rate'. If the state carries `ema_params`, they
+  become `ema_decay * ema + (1 - ema_decay) * params` with the updated
+  params.
   """
-  rngs = _step_rngs(step_key, state.step)
-  images = batches.augment(rngs.pop("augment"), images, augment_flip,
-                                   augment_max_translation)
+  rngs = _step_rngs(step_key, state.step, tuple(task.RNG_NAMES))
 
   def loss_fn(params):
-    logits, updates = model.apply(
-        {"params": params, **state.model_state}, images, train=True, rngs=rngs,
-        mutable=["batch_stats"])
-    loss, error = cross_entropy_and_error(logits, labels)
-    return jnp.mean(loss), (jnp.mean(error), updates)
+    return task.train_loss(config, model, params, state.model_state, batch, rngs)
 
-  (loss, (error, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  (_, (metrics, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   param_updates, opt_state = optimizer(learning_rate).update(
       grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, param_updates)
@@ -210,8 +131,7 @@ def train_step(state: TrainState, images: Array, labels: Array, step_key: Array,
       model_state={**state.model_state, **updates}, opt_state=opt_state,
       ema_params=optax.incremental_update(params, state.ema_params, 1 - ema_decay)
       if state.ema_params is not None else None)
-  metrics = {"loss": loss, "error": error,
-             "learning_rate": state.opt_state.hyperparams["learning_rate"]}
+  metrics = {**metrics, "learning_rate": state.opt_state.hyperparams["learning_rate"]}
   return new_state, metrics
 
 
@@ -230,14 +150,13 @@ def keep_finite(state: TrainState, new_state: TrainState, loss: Array) -> TrainS
       nonfinite_step=jnp.where(healthy & ~update, state.step, state.nonfinite_step))
 
 
-def eval_step(state: TrainState, images: Array, labels: Array, mask: Array, *,
-              model: models.CifarNet) -> dict[str, Array]:
-  """Summed loss, errors and count over a masked batch (deterministic mode)."""
-  logits = model.apply({"params": state.params, **state.model_state}, images,
-                       train=False)
-  loss, error = cross_entropy_and_error(logits, labels)
-  return {"loss": jnp.sum(loss * mask), "error": jnp.sum(error * mask),
-          "count": jnp.sum(mask)}
+def eval_step(state: TrainState, batch: PyTree, mask: Array, key: Array, *,
+              task: ModuleType, config: ml_collections.ConfigDict, model: Any
+              ) -> dict[str, Array]:
+  """`task.eval_sums` of a masked batch (deterministic mode): sums of
+  `task.EVAL_METRICS` and 'count'."""
+  return task.eval_sums(config, model, {"params": state.params, **state.model_state},
+                        batch, mask, key)
 
 
 def weight_norm_stats(params: PyTree) -> dict[str, Array]:
@@ -287,12 +206,17 @@ def over_members(fn: Callable[..., Any], *member_args: PyTree, member_loop: str)
   return jax.tree.map(lambda *xs: jnp.stack(xs), *outputs)
 
 
-def sweep_init(train_images: Array, init_rows: Array, init_keys: Array,
+def gather(data: PyTree, rows: Array) -> PyTree:
+  """The examples at `rows` of every array of `data` (a batch)."""
+  return jax.tree.map(lambda a: a[rows], data)
+
+
+def sweep_init(train_data: PyTree, init_rows: Array, init_keys: Array,
                init_scales: Array, learning_rates: Array, data_init: Array | None, *,
                member_loop: str = "auto", **kwargs) -> TrainState:
-  """`initialize` for every member: init_rows [M, N] index train_images."""
+  """`initialize` for every member: init_rows [M, N] index train_data."""
   def member(rows, key, init_scale, learning_rate, *data_init):
-    return initialize(train_images[rows], key, init_scale, learning_rate,
+    return initialize(gather(train_data, rows), key, init_scale, learning_rate,
                       data_init=data_init[0] if data_init else None, **kwargs)
   member_args = (init_rows, init_keys, init_scales, learning_rates)
   if data_init is not None:
@@ -300,8 +224,8 @@ def sweep_init(train_images: Array, init_rows: Array, init_keys: Array,
   return over_members(member, *member_args, member_loop=member_loop)
 
 
-def sweep_train_step(state: TrainState, train_images: Array, train_labels: Array,
-                     epoch_rows: Array, step_keys: Array, learning_rates: Array, *,
+def sweep_train_step(state: TrainState, train_data: PyTree, epoch_rows: Array,
+                     step_keys: Array, learning_rates: Array, *,
                      steps_per_epoch: int, member_loop: str = "auto", **kwargs
                      ) -> tuple[TrainState, dict[str, Array]]:
   """`train_step` for every member, with its own batch, keys and lr.
@@ -313,18 +237,20 @@ def sweep_train_step(state: TrainState, train_images: Array, train_labels: Array
   """
   def member(state, rows, step_key, learning_rate):
     batch_rows = rows[state.step % steps_per_epoch]
-    new_state, metrics = train_step(state, train_images[batch_rows],
-                                    train_labels[batch_rows], step_key, learning_rate,
-                                    **kwargs)
+    new_state, metrics = train_step(state, gather(train_data, batch_rows), step_key,
+                                    learning_rate, **kwargs)
     return keep_finite(state, new_state, metrics["loss"]), metrics
   return over_members(member, state, epoch_rows, step_keys, learning_rates,
                       member_loop=member_loop)
 
 
-def sweep_eval_step(state: TrainState, test_images: Array, test_labels: Array,
-                    rows: Array, mask: Array, *, member_loop: str = "auto",
+def sweep_eval_step(state: TrainState, test_data: PyTree, rows: Array, mask: Array,
+                    eval_keys: Array, *, member_loop: str = "auto",
                     **kwargs) -> dict[str, Array]:
-  """`eval_step` of every member on the same test batch: sums [M]."""
-  images, labels = test_images[rows], test_labels[rows]
-  return over_members(lambda s: eval_step(s, images, labels, mask, **kwargs), state,
-                      member_loop=member_loop)
+  """`eval_step` of every member on the same test batch, each with its own
+  eval key folded with the batch's first row (fixed noise per test image
+  from one evaluation to the next): sums [M]."""
+  batch = gather(test_data, rows)
+  def member(s, key):
+    return eval_step(s, batch, mask, jax.random.fold_in(key, rows[0]), **kwargs)
+  return over_members(member, state, eval_keys, member_loop=member_loop)

@@ -35,31 +35,37 @@ from wn_jax.placement import create_mesh, fetch, initialize_distributed, put_glo
 from wn_jax.program import Program, build_program, load_data, member_epoch_rows, sweep_members
 from wn_jax.records import Records, check_workdir, init_or_restore
 from wn_jax.steps import TrainState
+from wn_jax.tasks import get_task
 
 
 class NonFiniteLossError(RuntimeError):
   """Raised when the training loss of every member becomes NaN or inf."""
 
 
-def _evaluate_params(program: Program, state: TrainState, prefix: str
+def _evaluate_params(program: Program, state: TrainState, prefix: str, eval_batches
                      ) -> list[dict[str, float]]:
   sums = None
-  for rows, mask in program.eval_batches:
-    out = program.eval_fn(state, program.data.test_images, program.data.test_labels,
-                          rows, mask)
+  for rows, mask in eval_batches:
+    out = program.eval_fn(state, program.data.test, rows, mask, program.eval_keys)
     sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
   sums = fetch(sums)
-  return [{f"{prefix}_loss": float(sums["loss"][k]) / float(sums["count"][k]),
-           f"{prefix}_error": float(sums["error"][k]) / float(sums["count"][k])}
+  return [{f"{prefix}_{name}": float(sums[name][k]) / float(sums["count"][k])
+           for name in program.task.EVAL_METRICS}
           for k in range(len(program.members.configs))]
 
 
-def evaluate(program: Program, state: TrainState) -> list[dict[str, float]]:
-  """Test loss and error of every member (deterministic mode); with a moving
-  average of the parameters, also theirs ('ema_test_loss', 'ema_test_error')."""
-  results = _evaluate_params(program, state, "test")
+def evaluate(program: Program, state: TrainState, subset: bool = False
+             ) -> list[dict[str, float]]:
+  """The task's test metrics of every member (`test_<name>`); with a moving
+  average of the parameters, also theirs (`ema_test_<name>`). `subset`: on
+  the fixed test subset of `eval_every_steps` instead (`subset_test_<name>`,
+  `ema_subset_test_<name>`)."""
+  batches = program.subset_eval_batches if subset else program.eval_batches
+  prefix = "subset_test" if subset else "test"
+  results = _evaluate_params(program, state, prefix, batches)
   if state.ema_params is not None:
-    averaged = _evaluate_params(program, state.replace(params=state.ema_params), "ema_test")
+    averaged = _evaluate_params(program, state.replace(params=state.ema_params),
+                                f"ema_{prefix}", batches)
     results = [{**raw, **avg} for raw, avg in zip(results, averaged)]
   return results
 
@@ -69,25 +75,28 @@ def train_epoch(config: ml_collections.ConfigDict, program: Program, state: Trai
                 ) -> tuple[TrainState, dict[str, np.ndarray], dict[str, np.ndarray]]:
   """One epoch of every member. Metrics leave the device only at log steps.
 
-  Returns the state, the epoch's summed metrics {loss, error, count} [M]
-  and the last step's metrics.
+  Returns the state, the epoch's summed metrics (the task's TRAIN_METRICS
+  and 'count', each [M]) and the last step's metrics.
   """
   num_members = len(program.members.configs)
   steps_per_epoch = program.steps_per_epoch
   num_steps = steps_per_epoch * config.num_epochs
   epoch_rows = put_global(
-      member_epoch_rows(program.members, epoch, program.data.train_images.shape[0],
-                  config.batch_size), program.sharding("members", None, "data"))
-  sums = {key: np.zeros(num_members) for key in ("loss", "error", "count")}
+      member_epoch_rows(program.members, epoch, program.data.num_train,
+                        config.batch_size), program.sharding("members", None, "data"))
+  sums = {key: np.zeros(num_members) for key in (*program.task.TRAIN_METRICS, "count")}
   window, window_start = [], time.perf_counter()
   for i in range(steps_per_epoch):
     step = epoch * steps_per_epoch + i
-    state, metrics = program.step_fn(state, program.data.train_images,
-                                     program.data.train_labels, epoch_rows,
+    state, metrics = program.step_fn(state, program.data.train, epoch_rows,
                                      program.step_keys, program.learning_rates)
     window.append((step, metrics))
     if program.norms_fn and (step + 1) % config.log_norms_every_steps == 0:
       records.write_norms(step + 1, fetch(program.norms_fn(state.params)))
+    if config.eval_every_steps > 0 and (step + 1) % config.eval_every_steps == 0:
+      results = evaluate(program, state, subset=True)
+      for k, record in records.active():
+        record.write(step + 1, results[k], scalars=True)
     if (step + 1) % config.log_every_steps == 0 or i + 1 == steps_per_epoch:
       window = fetch(window)
       records.add_window(window, fetch(state.nonfinite_step), sums)
@@ -95,7 +104,7 @@ def train_epoch(config: ml_collections.ConfigDict, program: Program, state: Trai
       last = window[-1][1]
       elapsed = time.perf_counter() - window_start
       logging.info(
-          "epoch %d step %d/%d loss %s lr %s %.0f images/s per member (%d) ETA %s",
+          "epoch %d step %d/%d loss %s lr %s %.0f examples/s per member (%d) ETA %s",
           epoch, step + 1, num_steps, " ".join(f"{x:.4f}" for x in last["loss"]),
           " ".join(f"{x:.2e}" for x in last["learning_rate"]),
           len(window) * config.batch_size / elapsed, num_members,
@@ -130,12 +139,54 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     return _train_and_evaluate(config, workdir)
 
 
+def _member_variables(state: TrainState, k: int, params_name: str = "params"):
+  """Member k's variables ({'params', ...collections}) from the stacked state."""
+  member = jax.tree.map(lambda x: x[k], state)
+  return {"params": getattr(member, params_name), **member.model_state}
+
+
+def write_pictures(program: Program, state: TrainState, records: Records, step: int) -> None:
+  """The task's pictures of every active member (`task.pictures`), with the
+  averaged parameters when there are any, into its records."""
+  params_name = "params" if state.ema_params is None else "ema_params"
+  keys = fetch(jax.random.key_data(program.eval_keys))
+  for k, record in records.active():
+    images = program.task.pictures(
+        program.members.configs[k], program.model, _member_variables(state, k, params_name),
+        program.data.test, jax.random.wrap_key_data(keys[k]))
+    record.write_images(step, images)
+
+
+def final_metrics(program: Program, state: TrainState, records: Records, step: int) -> None:
+  """The task's once-per-run measurements (`task.final_metrics`) of every
+  active member, raw and (prefixed 'ema_') with the averaged parameters;
+  skipped where the records already hold them (a resumed, finished run)."""
+  keys = fetch(jax.random.key_data(program.eval_keys))
+  for k, record in records.active():
+    if record.has_final(step):
+      continue
+    key = jax.random.wrap_key_data(keys[k])
+    config = program.members.configs[k]
+    results = program.task.final_metrics(config, program.model,
+                                         _member_variables(state, k), program.data.test, key)
+    if state.ema_params is not None:
+      averaged = program.task.final_metrics(
+          config, program.model, _member_variables(state, k, "ema_params"),
+          program.data.test, key)
+      results = {**results, **{f"ema_{name}": v for name, v in averaged.items()}}
+    if results:
+      record.write(step, {"final": 1, **results}, scalars=True)
+      logging.info("%sfinal: %s", f"{records.names[k]}: " if len(records.members) > 1 else "",
+                   " ".join(f"{name} {value:.4f}" for name, value in results.items()))
+
+
 def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
   check_resumable_config(config, workdir)
   check_workdir(workdir, needed_bytes=0)
   mesh = create_mesh()
   members = sweep_members(config, workdir)
-  program = build_program(config, mesh, members, load_data(config, mesh))
+  task = get_task(config.task)
+  program = build_program(config, mesh, members, task, load_data(config, task, mesh))
   state, checkpoints, latest = init_or_restore(config, workdir, program)
   records = Records(config, workdir, members, state, latest)
   if program.norms_fn and latest is None:  # ||v|| and g/||v|| right after the init.
@@ -163,22 +214,27 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Trai
     tests = evaluate(program, state) if evaluated else None
     step = (epoch + 1) * program.steps_per_epoch
     for k, record in records.active():
-      summary = {"train_loss": sums["loss"][k] / sums["count"][k],
-                 "train_error": sums["error"][k] / sums["count"][k],
+      summary = {**{f"train_{name}": sums[name][k] / sums["count"][k]
+                    for name in task.TRAIN_METRICS},
                  "learning_rate": float(last["learning_rate"][k]),
                  "epoch": epoch + 1, **(tests[k] if evaluated else {}),
                  "epoch_time_s": train_time,
                  "images_per_s": program.steps_per_epoch * config.batch_size / train_time}
       record.write(step, summary, scalars=True)
-      test = (f"test loss {summary['test_loss']:.4f} error {summary['test_error']:.4f}"
-              if evaluated else "not evaluated")
-      logging.info("%sepoch %d: train loss %.4f error %.4f | %s | %.0f s",
-                   f"{records.names[k]}: " if len(members.configs) > 1 else "",
-                   epoch + 1, summary["train_loss"], summary["train_error"], test, train_time)
+      test = (" ".join(f"{name} {value:.4f}" for name, value in tests[k].items())
+              if evaluated else "test: not evaluated")
+      logging.info("%sepoch %d: %s | %s | %.0f s",
+                   f"{records.names[k]}: " if len(members.configs) > 1 else "", epoch + 1,
+                   " ".join(f"train_{name} {summary[f'train_{name}']:.4f}"
+                            for name in task.TRAIN_METRICS), test, train_time)
+    if evaluated and config.pictures_every_epochs > 0 and (
+        (epoch + 1) % config.pictures_every_epochs == 0 or epoch + 1 == config.num_epochs):
+      write_pictures(program, state, records, step)
     if (epoch + 1) % config.checkpoint_every_epochs == 0 or epoch + 1 == config.num_epochs:
       checkpoints.save(step, args=ocp.args.StandardSave(state))
       checkpoints.wait_until_finished()
       last_good_checkpoint = step
+  final_metrics(program, state, records, config.num_epochs * program.steps_per_epoch)
   records.close()
   checkpoints.close()
   if sweep.is_sweep(config):

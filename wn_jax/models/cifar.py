@@ -1,4 +1,4 @@
-"""Networks written against the parameterization switch in `wn_jax.layers.parameterization`.
+"""The paper's CIFAR-10 network (section 5.1), written against the parameterization switch.
 
 One definition serves all five of the paper's parameterizations; the config
 string `model.parameterization` picks one.

@@ -1,0 +1,351 @@
+"""The VAE task (section 5.2): the bound's pieces against closed forms, the
+importance-weighted bound, the data-dependent init through the whole VAE,
+the normal arm's starting function, and training through the one loop."""
+
+import gzip
+import json
+import math
+import os
+import struct
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import mnist_vae
+from wn_jax import train
+from wn_jax.layers.parameterization import NormalizedConv, NormalizedDense
+from wn_jax.models.vae import VAE, depth_to_space
+from wn_jax.tasks import elbo, vae
+
+# ---------------------------------------------------------------------------
+# The bound against a linear Gaussian model, whose evidence and posterior
+# are known: z ~ N(0, I_D), x | z ~ N(a z + c, s^2) per dimension (x has D
+# dimensions too), so p(x) = N(x; c, a^2 + s^2) and the exact posterior is
+# N(m, v) with v = s^2 / (s^2 + a^2), m = v a (x - c) / s^2.
+
+A, C, S = 1.7, 0.3, 0.6
+
+
+def _linear_gaussian(x):
+  v = S**2 / (S**2 + A**2)
+  mean = v * A * (x - C) / S**2
+  log_evidence = jnp.sum(-0.5 * ((x - C) ** 2 / (A**2 + S**2) + math.log(2 * math.pi)
+                                 + math.log(A**2 + S**2)), axis=-1)
+  return mean, jnp.full_like(mean, 0.5 * math.log(v)), log_evidence
+
+
+def _log_likelihood(x, z):
+  return elbo.gaussian_log_density(x, A * z + C, jnp.full_like(x, math.log(S)))
+
+
+def test_one_sample_bound_with_the_exact_posterior_is_the_log_evidence():
+  x = jax.random.normal(jax.random.key(0), (5, 3)) * 2
+  mean, log_std, log_evidence = _linear_gaussian(x)
+  for k in range(3):  # any sample z gives log p(x) exactly
+    z = mean + jnp.exp(log_std) * jax.random.normal(jax.random.key(k + 1), mean.shape)
+    bound = _log_likelihood(x, z) - jnp.sum(elbo.sampled_kl(z, mean, log_std), -1)
+    np.testing.assert_allclose(bound, log_evidence, rtol=1e-5)
+
+
+def test_closed_form_kl_gives_the_log_evidence_with_the_expected_likelihood():
+  x = jax.random.normal(jax.random.key(0), (5, 3)) * 2
+  mean, log_std, log_evidence = _linear_gaussian(x)
+  expected_log_likelihood = jnp.sum(
+      -0.5 * math.log(2 * math.pi * S**2)
+      - ((x - A * mean - C) ** 2 + A**2 * jnp.exp(2 * log_std)) / (2 * S**2), -1)
+  bound = expected_log_likelihood - jnp.sum(elbo.gaussian_kl(mean, log_std), -1)
+  np.testing.assert_allclose(bound, log_evidence, rtol=1e-5)
+  # ... and the closed form KL is the sampled estimate's mean.
+  z = mean + jnp.exp(log_std) * jax.random.normal(jax.random.key(1), (20000,) + mean.shape)
+  np.testing.assert_allclose(jnp.mean(elbo.sampled_kl(z, mean, log_std), 0),
+                             elbo.gaussian_kl(mean, log_std), atol=0.02)
+
+
+def test_importance_weighted_bound_is_exact_with_the_posterior_and_tightens_otherwise():
+  x = jax.random.normal(jax.random.key(0), (200, 3)) * 2
+  mean, log_std, log_evidence = _linear_gaussian(x)
+
+  def bound(q_mean, q_log_std, num_samples, key):
+    eps = jax.random.normal(key, (num_samples,) + q_mean.shape)
+    z = q_mean + jnp.exp(q_log_std) * eps
+    prior = elbo.gaussian_log_density(z, jnp.zeros_like(z), jnp.zeros_like(z))
+    log_weights = _log_likelihood(x, z) + prior - elbo.gaussian_log_density(z, q_mean,
+                                                                            q_log_std)
+    return elbo.importance_weighted_bound(log_weights), jnp.mean(log_weights, 0)
+
+  exact, _ = bound(mean, log_std, 16, jax.random.key(1))
+  np.testing.assert_allclose(exact, log_evidence, rtol=1e-5)
+  # A worse posterior (shifted, too narrow): L_K >= the mean of its K
+  # one-sample bounds for every image, its mean rises with K, never above log p(x).
+  means = []
+  for k in (1, 4, 32, 256):
+    l_k, single = bound(mean + 0.5, log_std - 0.5, k, jax.random.key(k))
+    assert np.all(l_k >= single - 1e-5)
+    means.append(float(jnp.mean(l_k)))
+  assert means == sorted(means), means
+  assert means[-1] < float(jnp.mean(log_evidence))
+
+
+def test_discretized_logistic_is_a_distribution_over_the_256_values():
+  values = jnp.arange(256, dtype=jnp.float32) / 255.0
+  for mean, log_scale in ((0.5, -2.0), (0.02, -4.0), (0.99, -1.0), (1.3, 0.5)):
+    log_p = elbo.discretized_logistic_log_likelihood(
+        jnp.full((256, 1), mean), jnp.float32(log_scale), values[:, None])
+    np.testing.assert_allclose(jnp.sum(jnp.exp(log_p)), 1.0, rtol=1e-4)
+  # One middle bin against the logistic CDF directly.
+  sigmoid = jax.nn.sigmoid
+  x, mean, scale = 100 / 255, 0.4, 0.05
+  direct = math.log(sigmoid((x + 0.5 / 255 - mean) / scale) - sigmoid((x - 0.5 / 255 - mean)
+                                                                       / scale))
+  got = elbo.discretized_logistic_log_likelihood(jnp.full((1, 1), mean),
+                                                 jnp.float32(math.log(scale)),
+                                                 jnp.full((1, 1), x))
+  np.testing.assert_allclose(got, [direct], rtol=1e-5)
+
+
+def test_bernoulli_log_likelihood_against_the_direct_formula():
+  logits = jax.random.normal(jax.random.key(0), (3, 4, 4, 1)) * 3
+  x = (jax.random.uniform(jax.random.key(1), logits.shape) < 0.5).astype(jnp.float32)
+  p = jax.nn.sigmoid(logits)
+  direct = jnp.sum(jnp.log(jnp.where(x == 1, p, 1 - p)).reshape(3, -1), -1)
+  np.testing.assert_allclose(elbo.bernoulli_log_likelihood(logits, x), direct, rtol=1e-5)
+
+
+def test_free_bits_clamps_each_dimension_after_the_batch_mean():
+  kl = jnp.array([[0.1, 2.0, 0.0], [0.3, 1.0, 0.0]])
+  assert float(elbo.free_bits_kl(kl, 0.0)) == pytest.approx(1.7)
+  # batch means 0.2, 1.5, 0.0 -> max(0.25, .) = 0.25 + 1.5 + 0.25
+  assert float(elbo.free_bits_kl(kl, 0.25)) == pytest.approx(2.0)
+
+
+def test_depth_to_space_moves_each_channel_block_to_its_pixel():
+  x = jnp.arange(2 * 1 * 1 * 8, dtype=jnp.float32).reshape(2, 1, 1, 8)
+  y = depth_to_space(x)
+  assert y.shape == (2, 2, 2, 2)
+  np.testing.assert_array_equal(y[0, :, :, 0], [[0, 2], [4, 6]])
+  np.testing.assert_array_equal(y[0, :, :, 1], [[1, 3], [5, 7]])
+
+
+# ---------------------------------------------------------------------------
+# The network: the data-dependent init in one pass, the normal arm's start.
+
+TINY_CONFIG = dict(widths=(3, 4, 4), blocks_per_stage=1, hidden=6, latent=2)
+TINY = dict(image_shape=(8, 8, 1), out_channels=1, **TINY_CONFIG)
+
+
+def _init_batch():
+  return (jax.random.uniform(jax.random.key(0), (64, 8, 8, 1)) < 0.3).astype(jnp.float32)
+
+
+def _linear_outputs(model, variables, x):
+  _, state = model.apply(
+      variables, x - 0.5, train=True, rngs={"sample": jax.random.key(2)},
+      capture_intermediates=lambda m, name: isinstance(m, (NormalizedConv, NormalizedDense)),
+      mutable=["intermediates", "batch_stats"])
+  found = []
+  def walk(tree, path):
+    for key, value in tree.items():
+      if key == "__call__":
+        found.append(("/".join(path), value[0]))
+      elif isinstance(value, dict):
+        walk(value, path + (key,))
+  walk(state["intermediates"], ())
+  return found
+
+
+@pytest.mark.parametrize("parameterization", ["wn", "normal", "wn_mobn"])
+def test_data_init_standardises_every_unit_of_the_whole_vae(parameterization):
+  x = _init_batch()
+  model = VAE(**TINY, parameterization=parameterization, init_scale=0.7, head_init_scale=0.2)
+  variables = model.init({"params": jax.random.key(1), "sample": jax.random.key(2)}, x - 0.5,
+                         train=True)
+  outputs = _linear_outputs(model, variables, x)
+  # encoder input + 3 blocks (2 with a conv shortcut: 2 + 3 + 3) + hidden +
+  # head; decoder 2 dense + 3 blocks (2 + 3 + 3) + output.
+  assert len(outputs) == 1 + 8 + 2 + 2 + 8 + 1, [name for name, _ in outputs]
+  for name, y in outputs:
+    axes = tuple(range(y.ndim - 1))
+    scale = 0.2 if ("posterior_head" in name or "decoder_output" in name) else 0.7
+    np.testing.assert_allclose(jnp.mean(y, axes), 0.0, atol=2e-3 * scale, err_msg=name)
+    np.testing.assert_allclose(jnp.std(y, axes), scale, rtol=2e-3, err_msg=name)
+
+
+@pytest.mark.parametrize("wn, normal", [("wn", "normal"), ("wn_mobn", "mobn")])
+def test_normal_starts_from_the_function_of_wn(tiny_mnist, wn, normal):
+  config = mnist_vae.get_config(wn)
+  config.data.folder = tiny_mnist
+  for key, value in TINY_CONFIG.items():
+    config.model[key] = value
+  batch = {"images": jnp.asarray(np.random.default_rng(0).integers(0, 256, (32, 8, 8, 1)),
+                                 jnp.uint8)}
+  rngs = {"params": jax.random.key(1), "sample": jax.random.key(2),
+          "binarize": jax.random.key(3)}
+  info = {"image_shape": (8, 8, 1)}
+  variables, outputs = {}, {}
+  for parameterization in (wn, normal):
+    config.model.parameterization = parameterization
+    model = vae.create_model(config, info)
+    variables[parameterization] = vae.init_variables(config, model, batch, rngs)
+    # The variables have the structure the normal network itself creates.
+    own = jax.eval_shape(lambda m=model: m.init(
+        {"params": jax.random.key(0), "sample": jax.random.key(0)},
+        jnp.zeros((2, 8, 8, 1)), train=True))
+    assert jax.tree.structure(own) == jax.tree.structure(variables[parameterization])
+    outputs[parameterization] = model.apply(
+        variables[parameterization], batch["images"] / 255.0 - 0.5, train=False,
+        rngs={"sample": jax.random.key(4)})
+  np.testing.assert_array_equal(variables[wn]["params"]["encoder_input"]["linear"]["v"],
+                                variables[normal]["params"]["encoder_input"]["linear"]["kernel"])
+  for a, b in zip(outputs[wn], outputs[normal]):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.slow  # 7 s on the 2-core CPU
+def test_iwae_of_the_vae_never_falls_below_its_samples_mean():
+  x = _init_batch()
+  model = VAE(**TINY)
+  variables = model.init({"params": jax.random.key(1), "sample": jax.random.key(2)}, x - 0.5,
+                         train=True)
+  config = mnist_vae.get_config()
+  images = x.astype(jnp.uint8)
+  bound, single = vae._iwae_batch(variables, images, jax.random.key(4), config=config,
+                                  model=model, num_samples=16)
+  assert bound.shape == single.shape == (64,)
+  assert np.all(np.asarray(bound) >= np.asarray(single) - 1e-4)
+  # E[L_K] rises with K: averaged over 64 images and 8 draws each.
+  means = [np.mean([float(jnp.mean(vae._iwae_batch(
+      variables, images, jax.random.key(seed), config=config, model=model,
+      num_samples=k)[0])) for seed in range(8)]) for k in (1, 16, 128)]
+  assert means == sorted(means), means
+
+
+# ---------------------------------------------------------------------------
+# Training through the one loop, on tiny MNIST files written here.
+
+
+def _write_idx(path, array):
+  array = np.asarray(array, np.uint8)
+  header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim)
+  header += b"".join(struct.pack(">I", n) for n in array.shape)
+  with open(path, "wb") as f:
+    f.write(gzip.compress(header + array.tobytes()))
+
+
+@pytest.fixture(scope="module")
+def tiny_mnist(tmp_path_factory):
+  """8x8 'digits': a bright square whose place depends on the label."""
+  folder = tmp_path_factory.mktemp("mnist")
+  rng = np.random.default_rng(0)
+  for prefix, n in (("train", 60), ("t10k", 20)):
+    labels = rng.integers(0, 10, n)
+    images = rng.integers(0, 60, (n, 8, 8))
+    for i, label in enumerate(labels):
+      r, c = divmod(int(label) % 4, 2)
+      images[i, 4 * r:4 * r + 4, 4 * c:4 * c + 4] = 230
+    _write_idx(folder / f"{prefix}-images-idx3-ubyte.gz", images)
+    _write_idx(folder / f"{prefix}-labels-idx1-ubyte.gz", labels)
+  return str(folder)
+
+
+def tiny_vae_config(folder, variant="wn"):
+  config = mnist_vae.get_config(variant)
+  config.data.folder = folder
+  config.model.widths = (3, 4, 4)
+  config.model.blocks_per_stage = 1
+  config.model.hidden = 6
+  config.model.latent = 2
+  config.num_epochs = 2
+  config.batch_size = 10
+  config.init_batch_size = 20
+  config.eval_batch_size = 8
+  config.ema_epochs = 1.0
+  config.eval_every_epochs = 1
+  config.pictures_every_epochs = 1
+  config.eval.iwae_samples = 4
+  config.eval.iwae_examples = 12
+  config.eval.iwae_batch_size = 5
+  config.log_every_steps = 2
+  config.log_norms_every_steps = 3
+  config.eval_every_steps = 4
+  config.eval_subset = 10
+  return config
+
+
+def _records(workdir):
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return [{k: v for k, v in json.loads(line).items() if k not in ("epoch_time_s",
+                                                                     "images_per_s")}
+            for line in f]
+
+
+@pytest.mark.slow  # two short runs and a resume
+def test_a_vae_run_records_its_bound_and_resumes_bitwise(tiny_mnist, tmp_path):
+  config = tiny_vae_config(tiny_mnist)
+  straight = train.train_and_evaluate(config, str(tmp_path / "straight"))
+  records = _records(tmp_path / "straight")
+  epochs = [r for r in records if "train_elbo" in r]
+  assert [r["epoch"] for r in epochs] == [1, 2]
+  for r in epochs:
+    for prefix in ("train", "test", "ema_test"):
+      assert r[f"{prefix}_elbo"] == pytest.approx(-(r[f"{prefix}_recon"] + r[f"{prefix}_kl"]),
+                                                  rel=1e-5)
+      assert r[f"{prefix}_bits_per_dim"] == pytest.approx(
+          -r[f"{prefix}_elbo"] / (64 * math.log(2)), rel=1e-5)
+    assert r["train_loss"] == pytest.approx(-r["train_elbo"], rel=1e-6)  # no free bits
+  subset = [r for r in records if "subset_test_elbo" in r]
+  assert [r["step"] for r in subset] == [4, 8, 12]
+  assert all("ema_subset_test_elbo" in r for r in subset)
+  final = [r for r in records if "final" in r]
+  assert len(final) == 1
+  assert final[0]["test_iwae_k4_n12"] >= final[0]["test_elbo_sampled_kl_n12"]
+  for name in ("reconstructions", "samples"):
+    assert os.path.exists(tmp_path / "straight" / "pictures" / f"{name}.png")
+
+  config_one = tiny_vae_config(tiny_mnist)
+  config_one.num_epochs = 1  # "interrupted" after the first epoch's checkpoint
+  train.train_and_evaluate(config_one, str(tmp_path / "resumed"))
+  os.remove(tmp_path / "resumed" / "config.json")  # only num_epochs grew
+  resumed = train.train_and_evaluate(config, str(tmp_path / "resumed"))
+  for a, b in zip(jax.tree.leaves(straight), jax.tree.leaves(resumed)):
+    np.testing.assert_array_equal(a, b)
+  resumed_records = _records(tmp_path / "resumed")
+  # The same records, and the final measurement of each run's own end.
+  assert [r for r in resumed_records if "final" not in r] == [
+      r for r in records if "final" not in r]
+  assert [r["step"] for r in resumed_records if "final" in r] == [6, 12]
+  assert [r for r in resumed_records if "final" in r][-1] == final[0]
+  # A finished run started again measures nothing twice.
+  train.train_and_evaluate(config, str(tmp_path / "resumed"))
+  assert _records(tmp_path / "resumed") == resumed_records
+
+
+@pytest.mark.slow  # a 2-member sweep and the member alone
+def test_a_member_of_a_vae_seed_sweep_equals_its_run_alone(tiny_mnist, tmp_path):
+  config = tiny_vae_config(tiny_mnist)
+  config.num_epochs = 1
+  config.sweep.seed = (0, 1)
+  swept = train.train_and_evaluate(config, str(tmp_path / "sweep"))
+  alone_config = tiny_vae_config(tiny_mnist)
+  alone_config.num_epochs = 1
+  alone_config.seed = 1
+  alone = train.train_and_evaluate(alone_config, str(tmp_path / "alone"))
+  for a, b in zip(jax.tree.leaves(swept.params), jax.tree.leaves(alone.params)):
+    np.testing.assert_allclose(a[1], b, rtol=1e-5, atol=1e-6)
+
+
+def test_vae_config_errors_name_the_key(tiny_mnist):
+  from wn_jax import config_checks
+  config = tiny_vae_config(tiny_mnist)
+  config.model.likelihood = "logistic"
+  with pytest.raises(ValueError, match="likelihood='logistic' scores"):
+    config_checks.validate_config(config, num_devices=1)
+  config = tiny_vae_config(tiny_mnist)
+  config.data.source = "folder"
+  with pytest.raises(ValueError, match="config.data.source must be one of"):
+    config_checks.validate_config(config, num_devices=1)
+  config = tiny_vae_config(tiny_mnist)
+  config.ema_decay = 0.9
+  with pytest.raises(ValueError, match="not both"):
+    config_checks.validate_config(config, num_devices=1)
