@@ -57,10 +57,10 @@ def cifar10_parts(tmp_path_factory):
 
 
 def _run_script(args, tmp_path, budget_s=900, **env):
-  env = dict(os.environ, WORK_DIR=str(tmp_path / "work"), STAGE_DIR=str(tmp_path / "stage"),
-             DATA_ROOT=str(tmp_path / "data_root"), BUDGET_S=str(budget_s), EXTRA_ARGS=TINY,
-             # The script calls `python3`: make it this interpreter.
-             PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"], **env)
+  env = {**os.environ, "WORK_DIR": str(tmp_path / "work"), "STAGE_DIR": str(tmp_path / "stage"),
+         "DATA_ROOT": str(tmp_path / "data_root"), "BUDGET_S": str(budget_s), "EXTRA_ARGS": TINY,
+         # The script calls `python3`: make it this interpreter.
+         "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"], **env}
   process = subprocess.Popen(["bash", SCRIPT, *map(str, args)], env=env, cwd=REPO_ROOT,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
   outputs = {}
@@ -95,6 +95,8 @@ def _records(out, name):
     (["wn_lr0.001_s0_jpeg"], "unknown run"),
     (["layernorm_lr0.001_s0"], "unknown run"),
     (["bench", "wn_lr0.001_s0"], "bench runs alone"),
+    (["vae_mnist_wn_seeds0"], "unknown run"),
+    (["vae_mnist_weightnorm_seeds2"], "unknown run"),
     ([], "usage"),
 ])
 def test_bad_run_names_are_refused_before_anything_starts(runs, message, tmp_path):
@@ -138,6 +140,41 @@ def test_staged_parts_are_joined_checked_and_trained_on_with_the_named_overrides
   assert config["num_epochs"] == 2 and config["model"]["width"] == 4  # EXTRA_ARGS
   assert [m["epoch"] for m in metrics if "test_error" in m] == [1, 2]
   assert (tmp_path / "out" / f"logs_{name}.tgz").exists()
+
+
+@pytest.mark.slow  # end-to-end script run
+def test_vae_runs_train_their_seeds_as_one_sweep(tmp_path):
+  import gzip
+  import struct
+  mnist = tmp_path / "mnist"
+  mnist.mkdir()
+  rng = np.random.default_rng(0)
+  for prefix, n in (("train", 40), ("t10k", 10)):
+    for kind, array in (("images", rng.integers(0, 256, (n, 8, 8))),
+                        ("labels", rng.integers(0, 10, n))):
+      header = struct.pack(">BBBB", 0, 0, 8, array.ndim) + b"".join(
+          struct.pack(">I", d) for d in array.shape)
+      (mnist / f"{prefix}-{kind}-idx{array.ndim}-ubyte.gz").write_bytes(
+          gzip.compress(header + array.astype(np.uint8).tobytes()))
+  tiny_vae = ("--config.model.widths=(2,2,2) --config.model.blocks_per_stage=1 "
+              "--config.model.hidden=4 --config.model.latent=2 --config.num_epochs=1 "
+              "--config.batch_size=10 --config.init_batch_size=10 --config.eval_batch_size=5 "
+              "--config.eval.iwae_samples=2 --config.eval.iwae_examples=4")
+  name = "vae_mnist_normal_seeds2"
+  result = _run_script([tmp_path / "out", name], tmp_path, MNIST_DIR=str(mnist),
+                       EXTRA_ARGS=tiny_vae)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert f"{name}: finished" in result.stdout
+  with tarfile.open(tmp_path / "out" / f"records_{name}.tgz") as records:
+    names = sorted(records.getnames())
+    config = json.load(records.extractfile(f"./{name}/config.json"))
+    member = [json.loads(line) for line in records.extractfile(
+        f"./{name}/normal_lr0.002_s1/metrics.jsonl").read().decode().splitlines()]
+  assert f"./{name}/normal_lr0.002_s0/metrics.jsonl" in names
+  assert config["task"] == "vae" and config["model"]["parameterization"] == "normal"
+  assert config["sweep"]["seed"] == [0, 1] and config["sweep"]["member_loop"] == "vmap"
+  assert [m["epoch"] for m in member if "test_elbo" in m] == [1]
+  assert any("test_iwae_k2_n4" in m for m in member)
 
 
 def test_a_missing_part_stops_before_training(cifar10_parts, tmp_path):
