@@ -349,3 +349,83 @@ def test_vae_config_errors_name_the_key(tiny_mnist):
   config.ema_decay = 0.9
   with pytest.raises(ValueError, match="not both"):
     config_checks.validate_config(config, num_devices=1)
+
+
+# ---------------------------------------------------------------------------
+# The IAF posterior: autoregressive steps whose Jacobian is triangular with
+# log-determinant sum log sigma, masked kernels that stay masked.
+
+
+@pytest.mark.parametrize("parameterization", ["wn", "normal"])
+def test_an_iaf_step_is_autoregressive_with_the_log_determinant_it_returns(parameterization):
+  from wn_jax.models.vae import IAFStep
+  from wn_jax.layers.parameterization import NormalizedDense
+  import functools
+  dense = functools.partial(NormalizedDense, parameterization=parameterization)
+  step = IAFStep(hidden=7, gate_bias=0.5, dense=dense, head_dense=dense)
+  z = jax.random.normal(jax.random.key(0), (16, 4))
+  context = jax.random.normal(jax.random.key(1), (16, 3))
+  variables = step.init(jax.random.key(2), z, context, train=True)
+  def one(z_row, context_row):
+    return step.apply(variables, z_row[None], context_row[None], train=False)
+  for i in range(3):
+    jacobian = jax.jacobian(lambda zr: one(zr, context[i])[0][0])(z[i])
+    # z'_d depends on z_1..z_d only; the diagonal is sigma_d.
+    np.testing.assert_array_equal(np.triu(np.asarray(jacobian), k=1), 0.0)
+    _, log_det = np.linalg.slogdet(np.asarray(jacobian, np.float64))
+    np.testing.assert_allclose(log_det, one(z[i], context[i])[1][0], rtol=1e-5, atol=1e-5)
+
+
+def test_masked_v_starts_and_stays_zero_where_masked():
+  from wn_jax.layers.plain import autoregressive_mask
+  from wn_jax.layers.wn_layers import WNDense
+  degrees = ((1, 2, 3), (1, 1, 2, 2, 3), True)
+  layer = WNDense(5, mask_degrees=degrees)
+  x = jax.random.normal(jax.random.key(0), (32, 3))
+  params = layer.init(jax.random.key(1), x)["params"]
+  mask = autoregressive_mask(degrees)
+  np.testing.assert_array_equal(np.asarray(params["v"])[mask == 0], 0.0)
+  grads = jax.grad(lambda p: jnp.sum(jnp.sin(layer.apply({"params": p}, x))))(params)
+  np.testing.assert_array_equal(np.asarray(grads["v"])[mask == 0], 0.0)
+  # Output 1 (degree 1, strict) sees no input: it is its bias alone.
+  y = layer.apply({"params": params}, x)
+  np.testing.assert_allclose(y[:, :2], jnp.broadcast_to(params["b"][:2], (32, 2)), atol=1e-6)
+
+
+@pytest.mark.parametrize("parameterization", ["wn", "normal"])
+def test_the_iaf_vae_initialises_every_unit_and_normal_starts_as_wn(tiny_mnist,
+                                                                     parameterization):
+  x = _init_batch()
+  model = VAE(**TINY, posterior="iaf", iaf_steps=2, iaf_hidden=5, iaf_context=3,
+              parameterization="wn", init_scale=0.7, head_init_scale=0.2)
+  variables = model.init({"params": jax.random.key(1), "sample": jax.random.key(2)}, x - 0.5,
+                         train=True)
+  outputs = _linear_outputs(model, variables, x)
+  assert len(outputs) == 1 + 8 + 2 + 2 * 4 + 2 + 8 + 1
+  for name, y in outputs:
+    axes = tuple(range(y.ndim - 1))
+    scale = 0.2 if ("posterior_head" in name or "decoder_output" in name
+                    or name.endswith("flow_0/NormalizedDense_3")
+                    or name.endswith("flow_1/NormalizedDense_3")) else 0.7
+    live = np.asarray(jnp.std(y, axes)) > 0  # MADE's first m and s see no input
+    assert live.sum() >= y.shape[-1] - 2, name
+    np.testing.assert_allclose(np.asarray(jnp.std(y, axes))[live], scale, rtol=2e-3,
+                               err_msg=name)
+  # The normal arm from the same keys computes the same posterior and output.
+  config = mnist_vae.get_config(f"{parameterization},iaf")
+  config.data.folder = tiny_mnist
+  for key, value in {**TINY_CONFIG, "iaf_hidden": 5, "iaf_context": 3}.items():
+    config.model[key] = value
+  batch = {"images": jnp.asarray(np.random.default_rng(0).integers(0, 256, (32, 8, 8, 1)),
+                                 jnp.uint8)}
+  rngs = {"params": jax.random.key(1), "sample": jax.random.key(2),
+          "binarize": jax.random.key(3)}
+  results = []
+  for arm in ("wn", parameterization):
+    config.model.parameterization = arm
+    arm_model = vae.create_model(config, {"image_shape": (8, 8, 1)})
+    arm_variables = vae.init_variables(config, arm_model, batch, rngs)
+    results.append(arm_model.apply(arm_variables, batch["images"] / 255.0 - 0.5, train=False,
+                                   rngs={"sample": jax.random.key(4)}))
+  for a, b in zip(*results):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)

@@ -17,7 +17,7 @@ from flax import linen as nn
 
 from wn_jax.layers.batch_norm import BatchNorm, MeanOnlyBatchNorm
 from wn_jax.layers.data_init import check_init_order, default_v_init
-from wn_jax.layers.plain import FROZEN, PlainConv, PlainDense
+from wn_jax.layers.plain import FROZEN, MaskDegrees, PlainConv, PlainDense
 from wn_jax.layers.wn_layers import WNConv, WNDense
 from wn_jax.ops import direction_norm
 
@@ -108,6 +108,8 @@ def _parameterized(
     layer = WNConv if weight_norm else PlainConv
   else:
     layer = WNDense if weight_norm else PlainDense
+    if parent.mask_degrees is not None:
+      kwargs.update(mask_degrees=parent.mask_degrees)
   y = layer(**kwargs, name="linear")(x)
   if parent.parameterization == "bn":
     y = BatchNorm(use_running_average=not train, momentum=parent.bn_momentum,
@@ -167,8 +169,10 @@ class NormalizedConv(nn.Module):
 class NormalizedDense(nn.Module):
   """A dense layer in one of the paper's parameterizations (see `NormalizedConv`).
 
-  Linen twin of `wn_jax.nnx.NormalizedDense`.
+  Linen twin of `wn_jax.nnx.NormalizedDense` (which has no `mask_degrees`).
 
+  `mask_degrees`: an autoregressive (MADE) kernel mask
+  (`wn_jax.layers.plain.MaskDegrees`), the same in every parameterization.
   Input `[..., in]`, output `[..., features]`.
   """
   features: int
@@ -179,7 +183,11 @@ class NormalizedDense(nn.Module):
   bn_momentum: float = 0.9
   bn_epsilon: float = 1e-6
   dtype: Dtype = jnp.float32
+  mask_degrees: MaskDegrees | None = None
 
   @nn.compact
   def __call__(self, x: Array, *, train: bool) -> Array:
+    if self.mask_degrees is not None and self.parameterization == FOLDED:
+      raise ValueError("NormalizedDense: a folded layer has no mask_degrees (its folded "
+                       "kernel holds the zeros).")
     return _parameterized(self, x, train, {}, conv=False)

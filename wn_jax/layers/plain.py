@@ -14,6 +14,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import linen as nn
 from jax import lax
 
@@ -112,6 +113,53 @@ def dense(x: Array, w: Array) -> Array:
   return lax.dot_general(x, w, (((x.ndim - 1,), (0,)), ((), ())))
 
 
+# A dense layer's autoregressive connectivity (MADE, Germain et al. 2015):
+# (in_degrees, out_degrees, strict). Input i feeds output j iff
+# out_degrees[j] >= in_degrees[i], or > when strict (the output layer, so
+# output d sees only inputs before d). Tuples, so layers stay hashable.
+MaskDegrees = tuple[tuple[int, ...], tuple[int, ...], bool]
+
+
+def autoregressive_mask(degrees: MaskDegrees) -> np.ndarray:
+  """The float32 [in, out] 0/1 kernel mask of `degrees` (see `MaskDegrees`)."""
+  in_degrees, out_degrees, strict = degrees
+  inputs, outputs = np.asarray(in_degrees)[:, None], np.asarray(out_degrees)[None, :]
+  return (outputs > inputs if strict else outputs >= inputs).astype(np.float32)
+
+
+class MaskedDense(nn.Module):
+  """y = x (kernel * mask) + bias, the mask from `mask_degrees` (MADE).
+
+  The layer `WNDense` normalizes when it has `mask_degrees`. Parameters
+  `kernel [in, features]`, `bias [features]`; input `[..., in]`.
+  """
+  features: int
+  mask_degrees: MaskDegrees
+  use_bias: bool = True
+  kernel_init: Initializer = default_v_init
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    x = jnp.asarray(x, self.dtype)
+    kernel = self.param("kernel", self.kernel_init, (x.shape[-1], self.features),
+                        self.param_dtype)
+    check_mask_shape(self.mask_degrees, kernel.shape, type(self).__name__)
+    y = dense(x, (kernel * autoregressive_mask(self.mask_degrees)).astype(self.dtype))
+    if self.use_bias:
+      y = y + self.param("bias", nn.initializers.zeros, (self.features,),
+                         self.param_dtype).astype(self.dtype)
+    return y
+
+
+def check_mask_shape(degrees: MaskDegrees | None, kernel_shape, where: str) -> None:
+  """ValueError when a mask's degrees do not match the kernel [in, out]."""
+  if degrees is not None and (len(degrees[0]), len(degrees[1])) != tuple(kernel_shape):
+    raise ValueError(f"{where}: mask_degrees for {len(degrees[0])} inputs and "
+                     f"{len(degrees[1])} outputs, but the kernel is {tuple(kernel_shape)}.")
+
+
 def _kernel_shape(module: nn.Module, x: Array) -> tuple[int, ...]:
   """HWIO kernel shape of a 2-D conv: (kh, kw, in, out)."""
   ops.check_nhwc(x, type(module).__name__)
@@ -128,6 +176,8 @@ class PlainDense(nn.Module):
   code `no_norm`), so `normal` starts from the same function as `wn`. With
   `data_init=False` it is a plain dense layer (no `s`).
   Kernel init: Glorot uniform (Lasagne's default, as in the authors' code).
+  `mask_degrees`: an autoregressive (MADE) mask on the kernel (see
+  `MaskDegrees`); masked entries never act and get no gradient.
   """
   features: int
   use_bias: bool = True
@@ -136,6 +186,7 @@ class PlainDense(nn.Module):
   init_order: str = "sequential"
   epsilon: float = 1e-8
   kernel_init: Initializer = nn.initializers.glorot_uniform()
+  mask_degrees: MaskDegrees | None = None
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
   axis_name: str | None = None
@@ -143,9 +194,17 @@ class PlainDense(nn.Module):
   @nn.compact
   def __call__(self, x: Array) -> Array:
     x = jnp.asarray(x, self.dtype)
-    kernel = self.param(
-        "kernel", self.kernel_init, (x.shape[-1], self.features), self.param_dtype)
-    return _frozen_scale(self, x, kernel, dense)
+    shape = (x.shape[-1], self.features)
+    if self.mask_degrees is None:
+      kernel = self.param("kernel", self.kernel_init, shape, self.param_dtype)
+      return _frozen_scale(self, x, kernel, dense)
+    check_mask_shape(self.mask_degrees, shape, type(self).__name__)
+    mask = autoregressive_mask(self.mask_degrees)
+    # Zero where masked from the start, so the kernel holds only what acts
+    # (folding and conversions read it as it is).
+    kernel = self.param("kernel", lambda *a: self.kernel_init(*a) * mask, shape,
+                        self.param_dtype)
+    return _frozen_scale(self, x, kernel * mask, dense)
 
 
 class PlainConv(nn.Module):

@@ -16,7 +16,7 @@ from flax import linen as nn
 
 from wn_jax import ops
 from wn_jax.layers.data_init import default_v_init
-from wn_jax.layers.plain import Conv2D
+from wn_jax.layers.plain import Conv2D, MaskDegrees, MaskedDense, autoregressive_mask
 from wn_jax.layers.weight_norm import NORM_EPSILON, WeightNorm
 
 Array = jax.Array
@@ -37,9 +37,12 @@ class _WeightNormOf(nn.Module):
         self._layer(), feature_axes=-1, use_bias=self.use_bias,
         init_scale=self.init_scale, data_init=self.data_init,
         init_order=self.init_order, epsilon=self.epsilon,
-        norm_epsilon=self.norm_epsilon, v_init=self.v_init,
+        norm_epsilon=self.norm_epsilon, v_init=self._v_init(),
         param_dtype=self.param_dtype, axis_name=self.axis_name)
     nn.share_scope(self, self.weight_norm)
+
+  def _v_init(self) -> Initializer:
+    return self.v_init
 
   def __call__(self, x: Array) -> Array:
     return self.weight_norm(jnp.asarray(x, self.dtype))
@@ -67,6 +70,10 @@ class WNDense(_WeightNormOf):
     dtype: computation dtype; the norm and the init statistics are float32.
     param_dtype: dtype of `v`, `g`, `b`.
     axis_name: mapped axis for the init statistics inside shard_map/pmap.
+    mask_degrees: an autoregressive (MADE) mask on the kernel
+      (`wn_jax.layers.plain.MaskDegrees`); `v` starts and stays zero where
+      the mask is (its gradient there is zero), so ||v|| is the norm of the
+      unit's connected weights.
 
   Parameters: `v [in, features]`, `g [features]`, `b [features]`.
   Input `[..., in]`, output `[..., features]`.
@@ -82,9 +89,19 @@ class WNDense(_WeightNormOf):
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
   axis_name: str | None = None
+  mask_degrees: MaskDegrees | None = None
 
   def _layer(self) -> nn.Module:
+    if self.mask_degrees is not None:
+      return MaskedDense(self.features, self.mask_degrees, dtype=self.dtype,
+                         param_dtype=self.param_dtype)
     return nn.Dense(self.features, dtype=self.dtype, param_dtype=self.param_dtype)
+
+  def _v_init(self) -> Initializer:
+    if self.mask_degrees is None:
+      return self.v_init
+    mask = autoregressive_mask(self.mask_degrees)
+    return lambda key, shape, dtype: (self.v_init(key, shape, dtype) * mask).astype(dtype)
 
 
 class WNConv(_WeightNormOf):

@@ -29,8 +29,9 @@ is a conv of the parameterization switch.
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -46,6 +47,8 @@ from wn_jax.layers.parameterization import (
 Array = jax.Array
 
 RESIDUAL_SCALE = 0.1  # the authors' code scales every residual branch by 0.1
+POSTERIORS = ("diagonal", "iaf")
+LOG_2PI = math.log(2 * math.pi)
 
 
 def depth_to_space(x: Array, block: int = 2) -> Array:
@@ -87,15 +90,68 @@ class ResBlock(nn.Module):
     return shortcut + RESIDUAL_SCALE * h
 
 
+class VAEOutput(NamedTuple):
+  """output [B, H, W, out_channels] (the likelihood's parameters); z [B, latent]
+  the posterior sample; log_q [B] its log-density log q(z | x); mean and
+  log_std [B, latent] of the Gaussian that starts the posterior."""
+  output: Array
+  z: Array
+  log_q: Array
+  mean: Array
+  log_std: Array
+
+
+def _made_degrees(latent: int, hidden: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+  """MADE degrees: inputs and outputs 1..latent, hidden units cycling over
+  1..latent-1 (at least 1)."""
+  return (tuple(range(1, latent + 1)),
+          tuple(i % max(latent - 1, 1) + 1 for i in range(hidden)))
+
+
+class IAFStep(nn.Module):
+  """One step of inverse autoregressive flow (IAF paper, eq. 10-14, Alg. 1).
+
+  A two-hidden-layer MADE of z [B, D] (plus the encoder's context h
+  [B, C] into the first hidden layer) gives m, s [B, D], output d seeing
+  only z_1..z_{d-1}; then sigma = sigmoid(s + gate_bias),
+  z' = sigma z + (1 - sigma) m and log q(z') = log q(z) - sum log sigma.
+  Every dense layer, masked or not, goes through `dense` (the switch).
+  Returns (z', the subtracted sum log sigma [B]).
+  """
+  hidden: int
+  gate_bias: float
+  dense: Any
+  head_dense: Any
+
+  @nn.compact
+  def __call__(self, z: Array, context: Array, *, train: bool) -> tuple[Array, Array]:
+    latent = z.shape[-1]
+    inputs, hidden = _made_degrees(latent, self.hidden)
+    h = (self.dense(self.hidden, mask_degrees=(inputs, hidden, False))(z, train=train)
+         + self.dense(self.hidden)(context, train=train))
+    h = self.dense(self.hidden, mask_degrees=(hidden, hidden, False))(nn.elu(h), train=train)
+    outputs = inputs + inputs  # m and s, each with the inputs' degrees
+    m, s = jnp.split(self.head_dense(2 * latent, mask_degrees=(hidden, outputs, True))(
+        nn.elu(h), train=train).astype(jnp.float32), 2, axis=-1)
+    sigma = jax.nn.sigmoid(s + self.gate_bias)
+    return sigma * z + (1 - sigma) * m, jnp.sum(jax.nn.log_sigmoid(s + self.gate_bias), -1)
+
+
 class VAE(nn.Module):
-  """The section 5.2 VAE: diagonal Gaussian posterior, N(0, I) prior.
+  """The section 5.2 VAE: a diagonal Gaussian posterior, optionally refined by
+  inverse autoregressive flow (`posterior='iaf'`, the paper's choice); an
+  N(0, I) prior.
 
   `__call__(x, train)` with x [B, H, W, C] (the encoder's input, centred:
   binary pixels or [0, 1] intensities minus 0.5) draws one posterior sample
-  per image from the 'sample' stream and returns (decoder output
-  [B, H, W, out_channels], posterior mean [B, latent], posterior log-std
-  [B, latent], z [B, latent]). `encode` and `decode` give the two halves
-  (for the importance-weighted bound and for samples from the prior).
+  per image from the 'sample' stream and returns a `VAEOutput`. `encode`,
+  `sample_posterior` and `decode` are its parts (for the importance-weighted
+  bound and for samples from the prior).
+
+  With `posterior='iaf'` the encoder also gives a context h of
+  `iaf_context` units, and `iaf_steps` IAF steps (`IAFStep`, MADE width
+  `iaf_hidden`, the variable order reversed between steps) transform the
+  Gaussian sample.
 
   Every conv and dense layer goes through `NormalizedConv` /
   `NormalizedDense` with `parameterization`. The layers whose outputs are
@@ -123,11 +179,18 @@ class VAE(nn.Module):
   conv_weight_grad: str = "xla"
   output_log_scale: bool = False
   init_log_scale: float = 0.0
+  posterior: str = "diagonal"
+  iaf_steps: int = 2
+  iaf_hidden: int = 64
+  iaf_context: int = 32
+  iaf_gate_bias: float = 1.5
   dtype: Any = jnp.float32
 
   def __post_init__(self):
     check_parameterization(self.parameterization)
     check_init_order(self.init_order)
+    if self.posterior not in POSTERIORS:
+      raise ValueError(f"posterior must be one of {POSTERIORS}, got {self.posterior!r}.")
     if len(self.widths) != 3:
       raise ValueError(f"widths must have 3 entries (one per stage), got {self.widths}.")
     height, width, _ = self.image_shape
@@ -154,7 +217,11 @@ class VAE(nn.Module):
     self.encoder_input = conv(w0, (3, 3))
     self.encoder_blocks = stage(w0, "none") + stage(w1, "down") + stage(w2, "down")
     self.encoder_hidden = dense(self.hidden)
-    self.posterior_head = head_dense(2 * self.latent)
+    context = self.iaf_context if self.posterior == "iaf" else 0
+    self.posterior_head = head_dense(2 * self.latent + context)
+    if self.posterior == "iaf":
+      self.flow = [IAFStep(self.iaf_hidden, self.iaf_gate_bias, dense, head_dense)
+                   for _ in range(self.iaf_steps)]
     self.decoder_hidden = dense(self.hidden)
     self.decoder_input = dense(self.image_shape[0] // 4 * self.image_shape[1] // 4 * w2)
     self.decoder_blocks = stage(w2, "none") + stage(w1, "up") + stage(w0, "up")
@@ -164,14 +231,30 @@ class VAE(nn.Module):
                                   nn.initializers.constant(self.init_log_scale),
                                   (self.out_channels,))
 
-  def encode(self, x: Array, *, train: bool) -> tuple[Array, Array]:
-    """x [B, H, W, C] -> posterior mean, log-std [B, latent] (float32)."""
+  def encode(self, x: Array, *, train: bool) -> tuple[Array, Array, Array]:
+    """x [B, H, W, C] -> the Gaussian's mean, log-std [B, latent] and the IAF
+    context [B, iaf_context] ([B, 0] for the diagonal posterior), float32."""
     h = self.encoder_input(x.astype(self.dtype), train=train)
     for block in self.encoder_blocks:
       h = block(h, train=train)
     h = nn.elu(self.encoder_hidden(nn.elu(h.reshape(h.shape[0], -1)), train=train))
-    mean, log_std = jnp.split(self.posterior_head(h, train=train).astype(jnp.float32), 2, -1)
-    return mean, log_std
+    h = self.posterior_head(h, train=train).astype(jnp.float32)
+    return h[:, :self.latent], h[:, self.latent:2 * self.latent], h[:, 2 * self.latent:]
+
+  def sample_posterior(self, mean: Array, log_std: Array, context: Array, eps: Array, *,
+                train: bool) -> tuple[Array, Array]:
+    """z and log q(z | x) [B] of the posterior sample with noise eps [B, latent]:
+    z0 = mean + exp(log_std) eps (the reparameterization trick), then the
+    IAF steps, if any."""
+    z = mean + jnp.exp(log_std) * eps
+    log_q = jnp.sum(-0.5 * (jnp.square(eps) + LOG_2PI) - log_std, axis=-1)
+    if self.posterior == "iaf":
+      for i, step in enumerate(self.flow):
+        if i:
+          z = z[:, ::-1]  # reverse the order between steps
+        z, log_sigma = step(z, context, train=train)
+        log_q = log_q - log_sigma
+    return z, log_q
 
   def decode(self, z: Array, *, train: bool) -> Array:
     """z [B, latent] -> decoder output [B, H, W, out_channels] (float32)."""
@@ -183,8 +266,8 @@ class VAE(nn.Module):
       h = block(h, train=train)
     return self.decoder_output(nn.elu(h), train=train).astype(jnp.float32)
 
-  def __call__(self, x: Array, *, train: bool) -> tuple[Array, Array, Array, Array]:
-    mean, log_std = self.encode(x, train=train)
+  def __call__(self, x: Array, *, train: bool) -> VAEOutput:
+    mean, log_std, context = self.encode(x, train=train)
     eps = jax.random.normal(self.make_rng("sample"), mean.shape, jnp.float32)
-    z = mean + jnp.exp(log_std) * eps  # the reparameterization trick
-    return self.decode(z, train=train), mean, log_std, z
+    z, log_q = self.sample_posterior(mean, log_std, context, eps, train=train)
+    return VAEOutput(self.decode(z, train=train), z, log_q, mean, log_std)

@@ -15,7 +15,7 @@ just-initialised posterior with the init key's 'sample' stream.
 
 Objective (`train_loss`): the batch mean of -ELBO in nats per image (with
 the free-bits KL when `objective.free_bits > 0`), KL in closed form or
-sampled (`objective.kl`). Metrics: the true ELBO (never with free bits),
+sampled (`objective.kl`; always sampled with the IAF posterior). Metrics: the true ELBO (never with free bits),
 its reconstruction term -log p(x|z), the KL, and bits per dimension
 (-ELBO / (D ln 2), D = pixels x channels). Evaluation: the same on the
 test set, one posterior sample per image from a key fixed per run.
@@ -40,7 +40,7 @@ from absl import logging
 from wn_jax.data import mnist
 from wn_jax.data.cifar10 import CIFAR10_SOURCES, load_cifar10
 from wn_jax.layers.parameterization import NORMAL_TWINS, normal_from_weight_norm
-from wn_jax.models.vae import VAE
+from wn_jax.models.vae import POSTERIORS, VAE, VAEOutput
 from wn_jax.tasks import elbo
 from wn_jax.tasks.base import TaskData, image_grid
 
@@ -72,9 +72,16 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   if config.data.source not in LIKELIHOODS[likelihood]:
     raise ValueError(f"config.model.likelihood={likelihood!r} scores "
                      f"{LIKELIHOODS[likelihood]} data, not {config.data.source!r}.")
-  if config.model.posterior != "diagonal":
-    raise ValueError(f"config.model.posterior must be 'diagonal', got "
+  if config.model.posterior not in POSTERIORS:
+    raise ValueError(f"config.model.posterior must be one of {POSTERIORS}, got "
                      f"{config.model.posterior!r}.")
+  if config.model.posterior == "iaf" and (config.objective.kl != "sample"
+                                          or config.objective.free_bits > 0):
+    raise ValueError("config.model.posterior='iaf' has no closed-form KL and no per-dimension "
+                     "KL: it needs config.objective.kl='sample' and objective.free_bits=0.")
+  if config.model.posterior == "iaf" and min(config.model.iaf_steps,
+                                             config.model.iaf_hidden) <= 0:
+    raise ValueError("config.model.iaf_steps and iaf_hidden must be positive.")
   if config.objective.kl not in KL_ESTIMATES:
     raise ValueError(f"config.objective.kl must be one of {KL_ESTIMATES}, got "
                      f"{config.objective.kl!r}.")
@@ -126,7 +133,9 @@ def create_model(config: ml_collections.ConfigDict, info: dict[str, Any]) -> VAE
              init_order=m.init_order, bn_momentum=m.bn_momentum, bn_epsilon=m.bn_epsilon,
              conv_weight_grad=conv_weight_grad,
              output_log_scale=m.likelihood == "logistic",
-             init_log_scale=m.logistic_init_log_scale)
+             init_log_scale=m.logistic_init_log_scale, posterior=m.posterior,
+             iaf_steps=m.iaf_steps, iaf_hidden=m.iaf_hidden, iaf_context=m.iaf_context,
+             iaf_gate_bias=m.iaf_gate_bias)
 
 
 def adamax_without_bias_correction(learning_rate: float | optax.Schedule, b1: float,
@@ -183,13 +192,17 @@ def log_likelihood(config: ml_collections.ConfigDict, variables, output: Array,
       mean, variables["params"]["output_log_scale"], x)
 
 
-def _bound_terms(config, variables, output, mean, log_std, z, x):
-  """Per-image recon = -log p(x|z) [B] and per-dimension KL [B, D]."""
-  recon = -log_likelihood(config, variables, output, x)
-  if config.objective.kl == "analytic":
-    kl = elbo.gaussian_kl(mean, log_std)
+def _bound_terms(config, variables, out: VAEOutput, x: Array) -> tuple[Array, Array]:
+  """Per-image recon = -log p(x|z) [B] and the KL [B, D] per latent dimension
+  (diagonal posterior) or [B, 1] (IAF: log q(z|x) - log p(z) of the sample)."""
+  recon = -log_likelihood(config, variables, out.output, x)
+  if config.model.posterior == "iaf":
+    log_prior = elbo.gaussian_log_density(out.z, jnp.zeros_like(out.z), jnp.zeros_like(out.z))
+    kl = (out.log_q - log_prior)[:, None]
+  elif config.objective.kl == "analytic":
+    kl = elbo.gaussian_kl(out.mean, out.log_std)
   else:
-    kl = elbo.sampled_kl(z, mean, log_std)
+    kl = elbo.sampled_kl(out.z, out.mean, out.log_std)
   return recon, kl
 
 
@@ -228,10 +241,9 @@ def train_loss(config: ml_collections.ConfigDict, model: VAE, params, model_stat
   bits_per_dim}, updates)); the metrics are batch means of the true bound."""
   variables = {"params": params, **model_state}
   x = observed(config, batch["images"], rngs["binarize"])
-  (output, mean, log_std, z), updates = model.apply(
-      variables, x - 0.5, train=True, rngs={"sample": rngs["sample"]},
-      mutable=["batch_stats"])
-  recon, kl = _bound_terms(config, variables, output, mean, log_std, z, x)
+  out, updates = model.apply(variables, x - 0.5, train=True, rngs={"sample": rngs["sample"]},
+                             mutable=["batch_stats"])
+  recon, kl = _bound_terms(config, variables, out, x)
   loss = jnp.mean(recon) + elbo.free_bits_kl(kl, config.objective.free_bits)
   weights = jnp.full(recon.shape, 1.0 / recon.shape[0])
   dims = math.prod(x.shape[1:])
@@ -243,9 +255,8 @@ def eval_sums(config: ml_collections.ConfigDict, model: VAE, variables,
   """Sums over the unmasked test images of the one-sample bound's terms
   (deterministic mode: running batch statistics), and 'count'."""
   x = observed(config, batch["images"], None)
-  output, mean, log_std, z = model.apply(variables, x - 0.5, train=False,
-                                         rngs={"sample": key})
-  recon, kl = _bound_terms(config, variables, output, mean, log_std, z, x)
+  out = model.apply(variables, x - 0.5, train=False, rngs={"sample": key})
+  recon, kl = _bound_terms(config, variables, out, x)
   return {**_metrics(recon, kl, mask, math.prod(x.shape[1:])), "count": jnp.sum(mask)}
 
 
@@ -253,14 +264,15 @@ def _iwae_batch(variables, images: Array, key: Array, *, config, model: VAE,
                 num_samples: int) -> tuple[Array, Array]:
   """L_K and the mean of the K one-sample bounds (sampled KL) per image [B]."""
   x = observed(config, images, None)
-  mean, log_std = model.apply(variables, x - 0.5, train=False, method=VAE.encode)
+  mean, log_std, context = model.apply(variables, x - 0.5, train=False, method=VAE.encode)
 
   def one_sample(sample_key):
-    z = mean + jnp.exp(log_std) * jax.random.normal(sample_key, mean.shape)
+    eps = jax.random.normal(sample_key, mean.shape)
+    z, log_q = model.apply(variables, mean, log_std, context, eps, train=False,
+                           method=VAE.sample_posterior)
     output = model.apply(variables, z, train=False, method=VAE.decode)
     log_prior = elbo.gaussian_log_density(z, jnp.zeros_like(z), jnp.zeros_like(z))
-    return (log_likelihood(config, variables, output, x) + log_prior
-            - elbo.gaussian_log_density(z, mean, log_std))
+    return log_likelihood(config, variables, output, x) + log_prior - log_q
 
   log_weights = jax.lax.map(one_sample, jax.random.split(key, num_samples))  # [K, B]
   return elbo.importance_weighted_bound(log_weights), jnp.mean(log_weights, axis=0)
@@ -311,7 +323,7 @@ def _decoder_means(variables, x: Array | None, key: Array, *, config, model: VAE
     output = model.apply(variables, jax.random.normal(key, (64, model.latent)), train=False,
                          method=VAE.decode)
   else:
-    output = model.apply(variables, x - 0.5, train=False, rngs={"sample": key})[0]
+    output = model.apply(variables, x - 0.5, train=False, rngs={"sample": key}).output
   if config.model.likelihood == "bernoulli":
     return jax.nn.sigmoid(output)
   return jnp.clip(0.5 + output, 0.0, 1.0)
