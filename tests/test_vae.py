@@ -358,9 +358,10 @@ def test_vae_config_errors_name_the_key(tiny_mnist):
 
 @pytest.mark.parametrize("parameterization", ["wn", "normal"])
 def test_an_iaf_step_is_autoregressive_with_the_log_determinant_it_returns(parameterization):
-  from wn_jax.models.vae import IAFStep
-  from wn_jax.layers.parameterization import NormalizedDense
   import functools
+
+  from wn_jax.layers.parameterization import NormalizedDense
+  from wn_jax.models.vae import IAFStep
   dense = functools.partial(NormalizedDense, parameterization=parameterization)
   step = IAFStep(hidden=7, gate_bias=0.5, dense=dense, head_dense=dense)
   z = jax.random.normal(jax.random.key(0), (16, 4))
