@@ -370,7 +370,7 @@ def test_an_iaf_step_is_autoregressive_with_the_log_determinant_it_returns(param
   def one(z_row, context_row):
     return step.apply(variables, z_row[None], context_row[None], train=False)
   for i in range(3):
-    jacobian = jax.jacobian(lambda zr: one(zr, context[i])[0][0])(z[i])
+    jacobian = jax.jacobian(lambda zr, c=context[i]: one(zr, c)[0][0])(z[i])
     # z'_d depends on z_1..z_d only; the diagonal is sigma_d.
     np.testing.assert_array_equal(np.triu(np.asarray(jacobian), k=1), 0.0)
     _, log_det = np.linalg.slogdet(np.asarray(jacobian, np.float64))
