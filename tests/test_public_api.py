@@ -15,13 +15,14 @@ from wn_jax import layers, nnx
 EXPORTS = {
     wn_jax: ["MeanOnlyBatchNorm", "WNConv", "WNDense", "WeightNorm", "fold", "layers", "nnx"],
     layers: [
-        "BatchNorm", "Conv2D", "INIT_ORDERS", "MeanOnlyBatchNorm", "NORM_EPSILON",
+        "BatchNorm", "Conv2D", "INIT_ORDERS", "LSTMCell", "MeanOnlyBatchNorm", "NORM_EPSILON",
         "NormalizedConv", "NormalizedDense", "PARAMETERIZATIONS", "PlainConv", "PlainDense",
         "WNConv", "WNConvTranspose", "WNDense", "WeightNorm", "default_feature_axes",
+        "fold_lstm",
     ],
     nnx: [
-        "BatchNorm", "CifarNet", "Conv2D", "Frozen", "INIT_ORDERS", "MeanOnlyBatchNorm",
-        "NORM_EPSILON", "NormalizedConv", "NormalizedDense", "PARAMETERIZATIONS", "PlainConv",
+        "BatchNorm", "CifarNet", "Conv2D", "Frozen", "INIT_ORDERS", "LSTMCell",
+        "MeanOnlyBatchNorm", "NORM_EPSILON", "NormalizedConv", "NormalizedDense", "PARAMETERIZATIONS", "PlainConv",
         "PlainDense", "WeightNorm", "data_init", "default_feature_axes", "fold", "from_linen",
         "to_linen",
     ],

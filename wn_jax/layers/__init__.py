@@ -96,11 +96,12 @@ from wn_jax.layers.batch_norm import BatchNorm, MeanOnlyBatchNorm
 from wn_jax.layers.data_init import INIT_ORDERS
 from wn_jax.layers.parameterization import PARAMETERIZATIONS, NormalizedConv, NormalizedDense
 from wn_jax.layers.plain import Conv2D, PlainConv, PlainDense
+from wn_jax.layers.recurrent import LSTMCell, fold_lstm
 from wn_jax.layers.weight_norm import NORM_EPSILON, WeightNorm, default_feature_axes
 from wn_jax.layers.wn_layers import WNConv, WNConvTranspose, WNDense
 
 __all__ = [
-    "BatchNorm", "Conv2D", "INIT_ORDERS", "MeanOnlyBatchNorm", "NORM_EPSILON",
+    "BatchNorm", "Conv2D", "INIT_ORDERS", "LSTMCell", "MeanOnlyBatchNorm", "NORM_EPSILON",
     "NormalizedConv", "NormalizedDense", "PARAMETERIZATIONS", "PlainConv", "PlainDense",
-    "WNConv", "WNConvTranspose", "WNDense", "WeightNorm", "default_feature_axes",
+    "WNConv", "WNConvTranspose", "WNDense", "WeightNorm", "default_feature_axes", "fold_lstm",
 ]

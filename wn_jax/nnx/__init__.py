@@ -9,6 +9,7 @@
       parameterizations), wnx.CifarNet (the paper's network);
   wnx.from_linen / to_linen  variables of the Linen CifarNet <-> the NNX one;
   wnx.fold  the NNX model folded into plain layers for inference;
+  wnx.LSTMCell  an LSTM cell weight-normalized per gate unit (`nnx.RNN`);
   wnx.PARAMETERIZATIONS, INIT_ORDERS, NORM_EPSILON  the same objects as in
       `wn_jax.layers`.
 The math is `wn_jax.ops`, shared with the Linen layers (`wn_jax.layers`); a
@@ -23,11 +24,12 @@ from wn_jax.nnx.data_init import data_init
 from wn_jax.nnx.models import CifarNet
 from wn_jax.nnx.parameterization import NormalizedConv, NormalizedDense
 from wn_jax.nnx.plain import Conv2D, Frozen, PlainConv, PlainDense
+from wn_jax.nnx.recurrent import LSTMCell
 from wn_jax.nnx.weight_norm import WeightNorm, default_feature_axes
 from wn_jax.ops import NORM_EPSILON
 
 __all__ = [
-    "BatchNorm", "CifarNet", "Conv2D", "Frozen", "INIT_ORDERS", "MeanOnlyBatchNorm",
+    "BatchNorm", "CifarNet", "Conv2D", "Frozen", "INIT_ORDERS", "LSTMCell", "MeanOnlyBatchNorm",
     "NORM_EPSILON", "NormalizedConv", "NormalizedDense", "PARAMETERIZATIONS", "PlainConv",
     "PlainDense", "WeightNorm", "data_init", "default_feature_axes", "fold", "from_linen",
     "to_linen",
