@@ -66,7 +66,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO_ROOT)
-from configs import cifar  # noqa: E402
+from configs import cifar, common  # noqa: E402
 from wn_jax import config_checks, steps  # noqa: E402
 from wn_jax.tasks import classification  # noqa: E402
 
@@ -86,7 +86,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                       help="timed steps per parameterization (median reported)")
   parser.add_argument("--warmup", type=int, default=3,
                       help="untimed steps after compiling")
-  parser.add_argument("--parameterizations", default=",".join(cifar.PARAMETERIZATIONS))
+  parser.add_argument("--parameterizations", default=",".join(common.PARAMETERIZATIONS))
   parser.add_argument("--conv-weight-grad", choices=classification.CONV_WEIGHT_GRADS,
                       default="auto", help="config.model.conv_weight_grad")
   parser.add_argument("--dtype", choices=tuple(classification.DTYPES), default="float32",
@@ -102,10 +102,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
   args = parser.parse_args(argv)
   args.parameterizations = [p.strip() for p in args.parameterizations.split(",")
                             if p.strip()]
-  unknown = [p for p in args.parameterizations if p not in cifar.PARAMETERIZATIONS]
+  unknown = [p for p in args.parameterizations if p not in common.PARAMETERIZATIONS]
   if unknown or not args.parameterizations:
     parser.error(f"--parameterizations: unknown {unknown}; choose from "
-                 f"{','.join(cifar.PARAMETERIZATIONS)}")
+                 f"{','.join(common.PARAMETERIZATIONS)}")
   for name in ("width", "batch_size", "init_batch_size", "reps", "matmul_size"):
     if getattr(args, name) < 1:
       parser.error(f"--{name.replace('_', '-')} must be positive")

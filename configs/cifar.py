@@ -26,22 +26,14 @@ Launch:
 
 import ml_collections
 
-PARAMETERIZATIONS = ("normal", "wn", "bn", "mobn", "wn_mobn")
+from configs.common import add_distributed_and_sweep, parse_variants
+
 OPTIONS = ("quick", "no_data_init", "augment")
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   """Returns the config; `arg` is a comma-separated list of variants."""
-  variants = [a.strip() for a in (arg or "").split(",") if a.strip()]
-  unknown = [v for v in variants if v not in PARAMETERIZATIONS + OPTIONS]
-  if unknown:
-    raise ValueError(
-        f"Unknown config variant(s) {unknown}; valid ones are "
-        f"{', '.join(PARAMETERIZATIONS + OPTIONS)} (comma-separated, e.g. "
-        "configs/cifar.py:wn_mobn,quick).")
-  chosen = [v for v in variants if v in PARAMETERIZATIONS]
-  if len(chosen) > 1:
-    raise ValueError(f"Pick one parameterization, got {chosen}.")
+  variants, parameterization = parse_variants(arg, OPTIONS, "configs/cifar.py:wn_mobn,quick")
 
   config = ml_collections.ConfigDict()
   config.task = "classification"  # wn_jax/tasks/classification.py
@@ -70,7 +62,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.data.augment_max_translation = 0  # pixels
 
   config.model = ml_collections.ConfigDict()
-  config.model.parameterization = chosen[0] if chosen else "wn"
+  config.model.parameterization = parameterization or "wn"
   config.model.width = 96  # channels of the first block; the rest use 2x.
   config.model.data_init = True
   config.model.init_scale = 1.0
@@ -135,24 +127,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # The task's pictures into TensorBoard and pictures/ after every N-th
   # evaluated epoch and the last (0 = never; the classifier draws none).
   config.pictures_every_epochs = 0
-  # Multi-host: jax.distributed.initialize(); '' / 0 / -1 = auto-detect
-  # (SLURM, TPU pods, ...), else set all three on every host.
-  config.distributed = ml_collections.ConfigDict()
-  config.distributed.enabled = False
-  config.distributed.coordinator_address = ""  # e.g. '10.0.0.1:1234'
-  config.distributed.num_processes = 0
-  config.distributed.process_id = -1
-  # Many members in one program (wn_jax/sweep.py): per-member values, zipped;
-  # empty = the base value. E.g. --config.sweep.learning_rate='(3e-4, 1e-3)'.
-  config.sweep = ml_collections.ConfigDict()
-  config.sweep.seed = ()
-  config.sweep.learning_rate = ()
-  config.sweep.init_scale = ()
-  config.sweep.data_init = ()
-  # How one program runs its members: 'vmap' (batched: fills a GPU),
-  # 'unroll' (one copy per member: XLA:CPU's grouped convs are slower),
-  # 'auto' = unroll on CPU, vmap elsewhere.
-  config.sweep.member_loop = "auto"
+  add_distributed_and_sweep(config)
 
   if "no_data_init" in variants:
     config.model.data_init = False

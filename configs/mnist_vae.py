@@ -37,20 +37,14 @@ Launch:
 
 import ml_collections
 
-PARAMETERIZATIONS = ("normal", "wn", "bn", "mobn", "wn_mobn")
+from configs.common import add_distributed_and_sweep, parse_variants
+
 OPTIONS = ("quick", "free_bits", "sampled_kl", "iaf")
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   """Returns the config; `arg` is a comma-separated list of variants."""
-  variants = [a.strip() for a in (arg or "").split(",") if a.strip()]
-  unknown = [v for v in variants if v not in PARAMETERIZATIONS + OPTIONS]
-  if unknown:
-    raise ValueError(f"Unknown config variant(s) {unknown}; valid ones are "
-                     f"{', '.join(PARAMETERIZATIONS + OPTIONS)}.")
-  chosen = [v for v in variants if v in PARAMETERIZATIONS]
-  if len(chosen) > 1:
-    raise ValueError(f"Pick one parameterization, got {chosen}.")
+  variants, parameterization = parse_variants(arg, OPTIONS, "configs/mnist_vae.py:normal,quick")
 
   config = ml_collections.ConfigDict()
   config.task = "vae"  # wn_jax/tasks/vae.py
@@ -68,7 +62,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.data.train_subset = 0  # the first N training images (0 = all 60,000)
 
   config.model = ml_collections.ConfigDict()
-  config.model.parameterization = chosen[0] if chosen else "wn"
+  config.model.parameterization = parameterization or "wn"
   config.model.likelihood = "bernoulli"
   # 'diagonal' (a Gaussian), or 'iaf': the Gaussian refined by inverse
   # autoregressive flow, the paper's choice; its steps and MADE width are
@@ -137,17 +131,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.eval_subset = 2000
   config.pictures_every_epochs = 10
   config.keep_checkpoints = 3
-  config.distributed = ml_collections.ConfigDict()
-  config.distributed.enabled = False
-  config.distributed.coordinator_address = ""
-  config.distributed.num_processes = 0
-  config.distributed.process_id = -1
-  config.sweep = ml_collections.ConfigDict()
-  config.sweep.seed = ()
-  config.sweep.learning_rate = ()
-  config.sweep.init_scale = ()
-  config.sweep.data_init = ()
-  config.sweep.member_loop = "auto"
+  add_distributed_and_sweep(config)
 
   if "free_bits" in variants:
     config.objective.free_bits = 0.25
