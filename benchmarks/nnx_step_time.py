@@ -80,7 +80,8 @@ def main(argv=None) -> dict:
   for rep in range(args.warmup + args.reps):
     for api in models:
       start = time.perf_counter()
-      states[api], metrics = compiled[api](states[api], images, labels, *extra[api])
+      states[api], metrics = compiled[api](states[api], {"images": images, "labels": labels},
+                                           *extra[api])
       jax.block_until_ready(metrics)
       if rep >= args.warmup:
         times[api].append(time.perf_counter() - start)

@@ -355,8 +355,8 @@ def time_steps(prepared: list[dict[str, Any]], reps: int, warmup: int) -> None:
     for entry in prepared:
       start = time.perf_counter()
       entry["state"], metrics = entry["step_fn"](
-          entry["state"], entry["images"], entry["labels"], entry["step_key"],
-          entry["learning_rate"])
+          entry["state"], {"images": entry["images"], "labels": entry["labels"]},
+          entry["step_key"], entry["learning_rate"])
       jax.block_until_ready(metrics)
       elapsed = time.perf_counter() - start
       if i >= warmup:

@@ -339,7 +339,7 @@ def test_cli_trains_and_resumes(image_folder, tmp_path):
       "--config.eval_batch_size=8"]
   result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=tmp_path)
   assert result.returncode == 0, result.stderr[-3000:]
-  assert "test loss" in result.stderr
+  assert "test_loss" in result.stderr
   assert json.load(open(workdir / "config.json"))["model"]["parameterization"] == "wn_mobn"
   # The same command again finds the finished run and resumes from it.
   result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=tmp_path)
