@@ -63,6 +63,7 @@ def test_closed_form_kl_gives_the_log_evidence_with_the_expected_likelihood():
                              elbo.gaussian_kl(mean, log_std), atol=0.02)
 
 
+@pytest.mark.slow  # 5 s cold on the 2-core CPU
 def test_importance_weighted_bound_is_exact_with_the_posterior_and_tightens_otherwise():
   x = jax.random.normal(jax.random.key(0), (200, 3)) * 2
   mean, log_std, log_evidence = _linear_gaussian(x)
@@ -155,7 +156,10 @@ def _linear_outputs(model, variables, x):
   return found
 
 
-@pytest.mark.parametrize("parameterization", ["wn", "normal", "wn_mobn"])
+@pytest.mark.parametrize("parameterization", [
+    pytest.param("wn", marks=pytest.mark.slow),  # 12 s cold on the 2-core CPU
+    pytest.param("normal", marks=pytest.mark.slow),  # 6 s cold
+    pytest.param("wn_mobn", marks=pytest.mark.slow)])  # the VAE's first compile
 def test_data_init_standardises_every_unit_of_the_whole_vae(parameterization):
   x = _init_batch()
   model = VAE(**TINY, parameterization=parameterization, init_scale=0.7, head_init_scale=0.2)
@@ -172,7 +176,9 @@ def test_data_init_standardises_every_unit_of_the_whole_vae(parameterization):
     np.testing.assert_allclose(jnp.std(y, axes), scale, rtol=2e-3, err_msg=name)
 
 
-@pytest.mark.parametrize("wn, normal", [("wn", "normal"), ("wn_mobn", "mobn")])
+@pytest.mark.parametrize("wn, normal", [
+    pytest.param("wn", "normal", marks=pytest.mark.slow),  # 4 s cold on the 2-core CPU
+    pytest.param("wn_mobn", "mobn", marks=pytest.mark.slow)])  # the VAE's compile
 def test_normal_starts_from_the_function_of_wn(tiny_mnist, wn, normal):
   config = mnist_vae.get_config(wn)
   config.data.folder = tiny_mnist
@@ -356,7 +362,9 @@ def test_vae_config_errors_name_the_key(tiny_mnist):
 # log-determinant sum log sigma, masked kernels that stay masked.
 
 
-@pytest.mark.parametrize("parameterization", ["wn", "normal"])
+@pytest.mark.parametrize("parameterization", [
+    pytest.param("wn", marks=pytest.mark.slow),  # 5 s cold on the 2-core CPU
+    pytest.param("normal", marks=pytest.mark.slow)])  # 1-5 s of compiles
 def test_an_iaf_step_is_autoregressive_with_the_log_determinant_it_returns(parameterization):
   import functools
 
@@ -393,7 +401,9 @@ def test_masked_v_starts_and_stays_zero_where_masked():
   np.testing.assert_allclose(y[:, :2], jnp.broadcast_to(params["b"][:2], (32, 2)), atol=1e-6)
 
 
-@pytest.mark.parametrize("parameterization", ["wn", "normal"])
+@pytest.mark.parametrize("parameterization", [
+    pytest.param("wn", marks=pytest.mark.slow),  # 5 s cold on the 2-core CPU
+    pytest.param("normal", marks=pytest.mark.slow)])  # the VAE's compile
 def test_the_iaf_vae_initialises_every_unit_and_normal_starts_as_wn(tiny_mnist,
                                                                      parameterization):
   x = _init_batch()
