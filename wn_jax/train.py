@@ -145,15 +145,21 @@ def _member_variables(state: TrainState, k: int, params_name: str = "params"):
   return {"params": getattr(member, params_name), **member.model_state}
 
 
+def _member_eval_keys(program: Program) -> list[jax.Array]:
+  """Each member's eval key, on the host (for the per-member task calls)."""
+  return [jax.random.wrap_key_data(data) for data in fetch(jax.random.key_data(
+      program.eval_keys))]
+
+
 def write_pictures(program: Program, state: TrainState, records: Records, step: int) -> None:
   """The task's pictures of every active member (`task.pictures`), with the
   averaged parameters when there are any, into its records."""
   params_name = "params" if state.ema_params is None else "ema_params"
-  keys = fetch(jax.random.key_data(program.eval_keys))
+  keys = _member_eval_keys(program)
   for k, record in records.active():
     images = program.task.pictures(
         program.members.configs[k], program.model, _member_variables(state, k, params_name),
-        program.data.test, jax.random.wrap_key_data(keys[k]))
+        program.data.test, keys[k])
     record.write_images(step, images)
 
 
@@ -161,11 +167,11 @@ def final_metrics(program: Program, state: TrainState, records: Records, step: i
   """The task's once-per-run measurements (`task.final_metrics`) of every
   active member, raw and (prefixed 'ema_') with the averaged parameters;
   skipped where the records already hold them (a resumed, finished run)."""
-  keys = fetch(jax.random.key_data(program.eval_keys))
+  keys = _member_eval_keys(program)
   for k, record in records.active():
     if record.has_final(step):
       continue
-    key = jax.random.wrap_key_data(keys[k])
+    key = keys[k]
     config = program.members.configs[k]
     results = program.task.final_metrics(config, program.model,
                                          _member_variables(state, k), program.data.test, key)
