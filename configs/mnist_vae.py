@@ -111,6 +111,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   config.num_epochs = 300
   config.batch_size = 100
+  config.shuffle_train = True  # a fresh permutation of the training set every epoch
   config.init_batch_size = 100  # one minibatch [P] section 3
   config.eval_batch_size = 500
 

@@ -29,7 +29,7 @@ RESUMABLE_KEYS = ("log_every_steps", "log_norms_every_steps", "checkpoint_every_
 # Keys added after runs were recorded without them, with the value those runs
 # had: a checkpoint written before a key existed resumes under its default.
 ADDED_KEYS = {"task": "classification", "ema_epochs": 0.0, "pictures_every_epochs": 0,
-              "eval_every_steps": 0, "eval_subset": 0}
+              "eval_every_steps": 0, "eval_subset": 0, "shuffle_train": True}
 # float32 convs and matmuls: 'default' lets the backend choose (TF32 on
 # NVIDIA Ampere/Hopper GPUs), 'highest' computes in full float32.
 MATMUL_PRECISIONS = ("default", "high", "highest")

@@ -94,8 +94,14 @@ def sweep_members(config: ml_collections.ConfigDict, workdir: str) -> Members:
 
 
 def member_epoch_rows(members: Members, epoch: int, num_examples: int,
-                batch_size: int) -> np.ndarray:
-  """int32 [M, steps_per_epoch, B]: each member's batches of `epoch`."""
+                batch_size: int, shuffle: bool = True) -> np.ndarray:
+  """int32 [M, steps_per_epoch, B]: each member's batches of `epoch`, in its
+  seed's permutation of the epoch (`shuffle`) or in file order (every
+  epoch the same batches, as the reference DRAW code)."""
+  if not shuffle:
+    steps = num_examples // batch_size
+    rows = np.arange(steps * batch_size, dtype=np.int32).reshape(steps, batch_size)
+    return np.broadcast_to(rows, (len(members.seeds), *rows.shape)).copy()
   # Sorted rows gather faster; the order within a batch does not matter.
   return np.stack([np.sort(batches.batch_indices(int(seed), epoch, num_examples,
                                                          batch_size), axis=1)

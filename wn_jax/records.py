@@ -29,6 +29,7 @@ from wn_jax.program import Members, Program
 from wn_jax.steps import TrainState
 
 CHECKPOINT_HEADROOM_FACTOR = 4  # free disk needed, in checkpoint sizes
+ANIMATION_FRAME_MS = 100  # one frame of an animated picture (GIF)
 
 
 def check_workdir(workdir: str, needed_bytes: int) -> None:
@@ -116,17 +117,27 @@ class _MemberRecords:
                  for record in map(json.loads, filter(str.strip, f)))
 
   def write_images(self, step: int, images: Mapping[str, np.ndarray]) -> None:
-    """uint8 images [H, W, C] into TensorBoard and `pictures/<name>.png`
-    (the newest of each name; process 0 only)."""
+    """uint8 images [H, W, C] into TensorBoard and `pictures/<name>.png`, and
+    animations [frames, H, W, C] into TensorBoard (the frames as a batch)
+    and `pictures/<name>.gif` (the newest of each name; process 0 only)."""
     if not images or jax.process_index() != 0:
       return
     if self.writer is not None:
-      self.writer.write_images(step, {name: image[None] for name, image in images.items()})
+      self.writer.write_images(step, {name: image if image.ndim == 4 else image[None]
+                                      for name, image in images.items()})
     folder = os.path.join(self.directory, "pictures")
     os.makedirs(folder, exist_ok=True)
     for name, image in images.items():
-      Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(
-          os.path.join(folder, f"{name}.png"))
+      if image.ndim not in (3, 4):
+        raise ValueError(f"Picture {name!r} must be [H, W, C] or [frames, H, W, C], got "
+                         f"shape {image.shape}.")
+      frames = [Image.fromarray(f[..., 0] if f.shape[-1] == 1 else f)
+                for f in (image if image.ndim == 4 else image[None])]
+      if image.ndim == 3:
+        frames[0].save(os.path.join(folder, f"{name}.png"))
+      else:
+        frames[0].save(os.path.join(folder, f"{name}.gif"), save_all=True,
+                       append_images=frames[1:], duration=ANIMATION_FRAME_MS, loop=0)
 
   def close(self) -> None:
     if self.writer is not None:

@@ -83,7 +83,8 @@ def train_epoch(config: ml_collections.ConfigDict, program: Program, state: Trai
   num_steps = steps_per_epoch * config.num_epochs
   epoch_rows = put_global(
       member_epoch_rows(program.members, epoch, program.data.num_train,
-                        config.batch_size), program.sharding("members", None, "data"))
+                        config.batch_size, config.shuffle_train),
+      program.sharding("members", None, "data"))
   sums = {key: np.zeros(num_members) for key in (*program.task.TRAIN_METRICS, "count")}
   window, window_start = [], time.perf_counter()
   for i in range(steps_per_epoch):

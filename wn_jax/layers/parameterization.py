@@ -104,6 +104,9 @@ def _parameterized(
   else:
     kwargs.update(data_init=parent.data_init, init_scale=parent.init_scale,
                   init_order=parent.init_order)
+  kernel_init = getattr(parent, "kernel_init", None)
+  if kernel_init is not None:
+    kwargs.update({"v_init" if weight_norm else "kernel_init": kernel_init})
   if conv:
     layer = WNConv if weight_norm else PlainConv
   else:
@@ -173,6 +176,9 @@ class NormalizedDense(nn.Module):
 
   `mask_degrees`: an autoregressive (MADE) kernel mask
   (`wn_jax.layers.plain.MaskDegrees`), the same in every parameterization.
+  `kernel_init`: the init of the kernel (`normal`, `mobn`, `bn`) or of `v`
+  (`wn`, `wn_mobn`); None keeps each kind's default (Glorot uniform,
+  N(0, 0.05)). The DRAW model draws every weight from N(0, 0.01^2).
   Input `[..., in]`, output `[..., features]`.
   """
   features: int
@@ -184,6 +190,7 @@ class NormalizedDense(nn.Module):
   bn_epsilon: float = 1e-6
   dtype: Dtype = jnp.float32
   mask_degrees: MaskDegrees | None = None
+  kernel_init: Any = None
 
   @nn.compact
   def __call__(self, x: Array, *, train: bool) -> Array:

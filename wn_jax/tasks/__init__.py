@@ -36,7 +36,8 @@ defines the same names (`check_task` refuses a module that lacks one):
       sums over the unmasked examples of a test batch of every name in
       EVAL_METRICS, and 'count'.
   pictures(config, model, variables, test, key) -> dict[str, np.ndarray]
-      uint8 images [H, W, C] for TensorBoard and the docs ({} for none).
+      uint8 images [H, W, C], or animations [frames, H, W, C], for
+      TensorBoard and the docs ({} for none).
   final_metrics(config, model, variables, test, key) -> dict[str, float]
       what is measured once, after the last epoch ({} for none).
 
@@ -50,10 +51,10 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from wn_jax.tasks import classification, vae
+from wn_jax.tasks import classification, draw, vae
 from wn_jax.tasks.base import TaskData
 
-TASKS: dict[str, ModuleType] = {"classification": classification, "vae": vae}
+TASKS: dict[str, ModuleType] = {"classification": classification, "vae": vae, "draw": draw}
 
 TASK_INTERFACE = (
     "RNG_NAMES", "INIT_RNG_NAMES", "TRAIN_METRICS", "EVAL_METRICS", "validate_config",
