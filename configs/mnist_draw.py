@@ -26,8 +26,8 @@ Variants, comma-separated after the file name:
   g_one              WN with g starting at 1 (not the normal start)
   short              T = 16 glimpses, nothing else changed: a different,
                      cheaper model (the CPU supplement)
-  quick              CPU preset: the test bound on 1,000 test images every
-                     100 updates, pictures every epoch, 2 epochs
+  quick              CPU preset: 10 epochs, the test bound on 1,000 test
+                     images every 100 updates, pictures every epoch
 
 Launch:
   python train.py --config configs/mnist_draw.py:wn --workdir runs/draw_wn \
@@ -116,7 +116,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   if "short" in variants:
     config.model.glimpses = 16
   if "quick" in variants:
-    config.num_epochs = 2
+    config.num_epochs = 10
     config.eval_every_steps = 100
     config.pictures_every_epochs = 1
   return config
