@@ -18,8 +18,10 @@ on every write, which made a cold run of the suite, ~6,000 entries, about
 """
 
 import atexit
+import gzip
 import os
 import shutil
+import struct
 import sys
 import tempfile
 
@@ -189,3 +191,30 @@ def model_compilations():
   jax.monitoring.register_event_duration_secs_listener(listener)
   yield compiled
   jax.monitoring.unregister_event_duration_listener(listener)
+
+
+# Tiny MNIST IDX files (the VAE's and DRAW's runs through the loop).
+
+
+def write_idx(path, array):
+  array = np.asarray(array, np.uint8)
+  header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim)
+  header += b"".join(struct.pack(">I", n) for n in array.shape)
+  with open(path, "wb") as f:
+    f.write(gzip.compress(header + array.tobytes()))
+
+
+@pytest.fixture(scope="session")
+def tiny_mnist(tmp_path_factory):
+  """8x8 'digits': a bright square whose place depends on the label."""
+  folder = tmp_path_factory.mktemp("mnist")
+  rng = np.random.default_rng(0)
+  for prefix, n in (("train", 60), ("t10k", 20)):
+    labels = rng.integers(0, 10, n)
+    images = rng.integers(0, 60, (n, 8, 8))
+    for i, label in enumerate(labels):
+      r, c = divmod(int(label) % 4, 2)
+      images[i, 4 * r:4 * r + 4, 4 * c:4 * c + 4] = 230
+    write_idx(folder / f"{prefix}-images-idx3-ubyte.gz", images)
+    write_idx(folder / f"{prefix}-labels-idx1-ubyte.gz", labels)
+  return str(folder)

@@ -2,11 +2,9 @@
 importance-weighted bound, the data-dependent init through the whole VAE,
 the normal arm's starting function, and training through the one loop."""
 
-import gzip
 import json
 import math
 import os
-import struct
 
 import jax
 import jax.numpy as jnp
@@ -229,30 +227,6 @@ def test_iwae_of_the_vae_never_falls_below_its_samples_mean():
 
 # ---------------------------------------------------------------------------
 # Training through the one loop, on tiny MNIST files written here.
-
-
-def _write_idx(path, array):
-  array = np.asarray(array, np.uint8)
-  header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim)
-  header += b"".join(struct.pack(">I", n) for n in array.shape)
-  with open(path, "wb") as f:
-    f.write(gzip.compress(header + array.tobytes()))
-
-
-@pytest.fixture(scope="module")
-def tiny_mnist(tmp_path_factory):
-  """8x8 'digits': a bright square whose place depends on the label."""
-  folder = tmp_path_factory.mktemp("mnist")
-  rng = np.random.default_rng(0)
-  for prefix, n in (("train", 60), ("t10k", 20)):
-    labels = rng.integers(0, 10, n)
-    images = rng.integers(0, 60, (n, 8, 8))
-    for i, label in enumerate(labels):
-      r, c = divmod(int(label) % 4, 2)
-      images[i, 4 * r:4 * r + 4, 4 * c:4 * c + 4] = 230
-    _write_idx(folder / f"{prefix}-images-idx3-ubyte.gz", images)
-    _write_idx(folder / f"{prefix}-labels-idx1-ubyte.gz", labels)
-  return str(folder)
 
 
 def tiny_vae_config(folder, variant="wn"):

@@ -122,15 +122,16 @@ class _MemberRecords:
     and `pictures/<name>.gif` (the newest of each name; process 0 only)."""
     if not images or jax.process_index() != 0:
       return
+    for name, image in images.items():
+      if image.ndim not in (3, 4):
+        raise ValueError(f"Picture {name!r} must be [H, W, C] or [frames, H, W, C], got "
+                         f"shape {image.shape}.")
     if self.writer is not None:
       self.writer.write_images(step, {name: image if image.ndim == 4 else image[None]
                                       for name, image in images.items()})
     folder = os.path.join(self.directory, "pictures")
     os.makedirs(folder, exist_ok=True)
     for name, image in images.items():
-      if image.ndim not in (3, 4):
-        raise ValueError(f"Picture {name!r} must be [H, W, C] or [frames, H, W, C], got "
-                         f"shape {image.shape}.")
       frames = [Image.fromarray(f[..., 0] if f.shape[-1] == 1 else f)
                 for f in (image if image.ndim == 4 else image[None])]
       if image.ndim == 3:
