@@ -104,9 +104,8 @@ def _parameterized(
   else:
     kwargs.update(data_init=parent.data_init, init_scale=parent.init_scale,
                   init_order=parent.init_order)
-  kernel_init = getattr(parent, "kernel_init", None)
-  if kernel_init is not None:
-    kwargs.update({"v_init" if weight_norm else "kernel_init": kernel_init})
+  if parent.kernel_init is not None:
+    kwargs.update({"v_init" if weight_norm else "kernel_init": parent.kernel_init})
   if conv:
     layer = WNConv if weight_norm else PlainConv
   else:
@@ -145,6 +144,9 @@ class NormalizedConv(nn.Module):
   parameterization (WN then starts at `g = ||v||`, `b = 0`).
   `init_order` ('sequential' or 'independent', see `WeightNorm`) says what
   the layer passes on during the data-dependent init.
+  `kernel_init`: the init of the kernel (`normal`, `mobn`, `bn`) or of `v`
+  (`wn`, `wn_mobn`); None keeps each kind's default (Glorot uniform,
+  N(0, 0.05)).
   Call as `layer(x, train=...)`; `train` selects batch vs running statistics.
   Input `[batch, height, width, in]`, output `[batch, h', w', features]`.
   """
@@ -160,6 +162,7 @@ class NormalizedConv(nn.Module):
   bn_momentum: float = 0.9
   bn_epsilon: float = 1e-6
   dtype: Dtype = jnp.float32
+  kernel_init: Any = None
 
   @nn.compact
   def __call__(self, x: Array, *, train: bool) -> Array:
@@ -176,9 +179,8 @@ class NormalizedDense(nn.Module):
 
   `mask_degrees`: an autoregressive (MADE) kernel mask
   (`wn_jax.layers.plain.MaskDegrees`), the same in every parameterization.
-  `kernel_init`: the init of the kernel (`normal`, `mobn`, `bn`) or of `v`
-  (`wn`, `wn_mobn`); None keeps each kind's default (Glorot uniform,
-  N(0, 0.05)). The DRAW model draws every weight from N(0, 0.01^2).
+  `kernel_init`: as `NormalizedConv`'s (the DRAW model draws every weight
+  from N(0, 0.01^2)).
   Input `[..., in]`, output `[..., features]`.
   """
   features: int

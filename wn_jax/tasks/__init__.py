@@ -51,10 +51,11 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from wn_jax.tasks import classification, draw, vae
+from wn_jax.tasks import classification, dqn, draw, vae
 from wn_jax.tasks.base import TaskData
 
-TASKS: dict[str, ModuleType] = {"classification": classification, "vae": vae, "draw": draw}
+TASKS: dict[str, ModuleType] = {"classification": classification, "vae": vae, "draw": draw,
+                                "dqn": dqn}
 
 TASK_INTERFACE = (
     "RNG_NAMES", "INIT_RNG_NAMES", "TRAIN_METRICS", "EVAL_METRICS", "validate_config",
