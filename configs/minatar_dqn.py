@@ -61,6 +61,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.model.init_order = "sequential"
   config.model.bn_momentum = 0.9
   config.model.bn_epsilon = 1e-6
+  # 'xla': measured faster here than 'per_tap' for this small conv (300 vs
+  # 262 updates/s, one thread, load ~5).
+  config.model.conv_weight_grad = "xla"
   config.matmul_precision = "default"
 
   config.dqn = ml_collections.ConfigDict()

@@ -240,3 +240,20 @@ def test_an_interrupted_minatar_run_resumes_to_the_uninterrupted_result(tmp_path
   for a, b in zip(jax.tree.leaves(straight), jax.tree.leaves(resumed)):
     np.testing.assert_array_equal(a, b)
   assert _records(tmp_path / "resumed") == records
+
+
+def test_keep_finite_guards_the_model_but_not_the_unguarded_collections():
+  old = steps.TrainState(step=jnp.int32(4), params={"w": jnp.ones(2)},
+                         model_state={"batch_stats": {"m": jnp.ones(2)},
+                                      "dqn": {"replay": jnp.zeros(3)}},
+                         opt_state=(), nonfinite_step=jnp.int32(-1), ema_params=None)
+  new = old.replace(step=jnp.int32(5), params={"w": jnp.full(2, 7.0)},
+                    model_state={"batch_stats": {"m": jnp.full(2, 7.0)},
+                                 "dqn": {"replay": jnp.full(3, 7.0)}})
+  kept = steps.keep_finite(old, new, jnp.float32(np.nan), unguarded=dqn.UNGUARDED_COLLECTIONS)
+  np.testing.assert_array_equal(kept.params["w"], 1.0)
+  np.testing.assert_array_equal(kept.model_state["batch_stats"]["m"], 1.0)
+  np.testing.assert_array_equal(kept.model_state["dqn"]["replay"], 7.0)
+  assert int(kept.nonfinite_step) == 4
+  guarded = steps.keep_finite(old, new, jnp.float32(np.nan))
+  np.testing.assert_array_equal(guarded.model_state["dqn"]["replay"], 0.0)

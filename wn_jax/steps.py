@@ -135,16 +135,24 @@ def train_step(state: TrainState, batch: PyTree, step_key: Array, learning_rate:
   return new_state, metrics
 
 
-def keep_finite(state: TrainState, new_state: TrainState, loss: Array) -> TrainState:
+def keep_finite(state: TrainState, new_state: TrainState, loss: Array,
+                unguarded: tuple[str, ...] = ()) -> TrainState:
   """`new_state`, unless the loss is non-finite or was before: then the
   member keeps `state`'s parameters and statistics for good (only its step
-  advances), and `nonfinite_step` records the step where it happened."""
+  advances), and `nonfinite_step` records the step where it happened.
+
+  `unguarded`: model-state collections taken from `new_state` whatever the
+  loss (a task's `UNGUARDED_COLLECTIONS`: the state of its data stream,
+  such as an environment and its replay, which selecting would copy every
+  step)."""
   healthy = state.nonfinite_step < 0
   update = healthy & jnp.isfinite(loss)
   keep = functools.partial(jax.tree.map, lambda new, old: jnp.where(update, new, old))
+  model_state = {name: value if name in unguarded else keep(value, state.model_state[name])
+                 for name, value in new_state.model_state.items()}
   return new_state.replace(
       params=keep(new_state.params, state.params),
-      model_state=keep(new_state.model_state, state.model_state),
+      model_state=model_state,
       opt_state=keep(new_state.opt_state, state.opt_state),
       ema_params=keep(new_state.ema_params, state.ema_params),
       nonfinite_step=jnp.where(healthy & ~update, state.step, state.nonfinite_step))
@@ -239,7 +247,8 @@ def sweep_train_step(state: TrainState, train_data: PyTree, epoch_rows: Array,
     batch_rows = rows[state.step % steps_per_epoch]
     new_state, metrics = train_step(state, gather(train_data, batch_rows), step_key,
                                     learning_rate, **kwargs)
-    return keep_finite(state, new_state, metrics["loss"]), metrics
+    unguarded = getattr(kwargs["task"], "UNGUARDED_COLLECTIONS", ())
+    return keep_finite(state, new_state, metrics["loss"], unguarded), metrics
   return over_members(member, state, epoch_rows, step_keys, learning_rates,
                       member_loop=member_loop)
 

@@ -62,6 +62,8 @@ class QNetwork(nn.Module):
     parameterization, data_init, init_scale: the switch's (see the module
       docstring); `data_init` runs the data-dependent init in `init`.
     bn_momentum, bn_epsilon: the batch norm's.
+    conv_weight_grad: 'xla' or 'per_tap' (`wn_jax.ops.conv2d`; the same
+      function, faster kernel gradients on XLA:CPU).
   """
   num_actions: int
   torso: str = "minatar"
@@ -71,6 +73,7 @@ class QNetwork(nn.Module):
   init_order: str = "sequential"
   bn_momentum: float = 0.9
   bn_epsilon: float = 1e-6
+  conv_weight_grad: str = "xla"
 
   def __post_init__(self):
     check_parameterization(self.parameterization)
@@ -91,7 +94,8 @@ class QNetwork(nn.Module):
     convs, width = TORSOS[self.torso]
     for features, kernel, stride in convs:
       x = NormalizedConv(features, (kernel, kernel), strides=(stride, stride),
-                         padding="VALID", **kwargs)(x, train=train)
+                         padding="VALID", conv_weight_grad=self.conv_weight_grad,
+                         **kwargs)(x, train=train)
       x = nn.relu(x)
     x = x.reshape(x.shape[0], -1)
     x = nn.relu(NormalizedDense(width, **kwargs)(x, train=train))

@@ -41,6 +41,11 @@ defines the same names (`check_task` refuses a module that lacks one):
   final_metrics(config, model, variables, test, key) -> dict[str, float]
       what is measured once, after the last epoch ({} for none).
 
+Optional: UNGUARDED_COLLECTIONS: tuple[str, ...], model-state collections
+the step advances whatever its loss (`steps.keep_finite` keeps every other
+one of a member whose loss turned non-finite): an environment and its
+replay, which guarding would copy every step.
+
 `TaskData.info` carries what the model needs from the data (the number of
 classes, the image shape). Adding a task: write `wn_jax/tasks/<name>.py`
 with these names, add it to `TASKS`, and a config with `config.task =
