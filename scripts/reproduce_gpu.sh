@@ -22,6 +22,15 @@
 #     seeds 0..N-1 as ONE sweep program, vmapped (Figure 3: normal vs wn,
 #     its error bars over seeds), e.g. vae_mnist_wn_seeds5,
 #     vae_mnist_normal_seeds5;
+# or DRAW on MNIST (section 5.3, configs/mnist_draw.py, 100 epochs):
+#   draw_mnist_<normal|wn>_seeds<N>, e.g. draw_mnist_wn_seeds2 (Figure 4);
+#     normal and wn are two programs (their parameter trees differ), run
+#     side by side when named together;
+# or DQN on MinAtar Space Invaders (section 5.4's stand-in,
+# configs/minatar_dqn.py, 80 epochs = 2M env steps):
+#   dqn_minatar_<normal|wn|bn>[_lr<lr>]_seeds<N>, e.g. dqn_minatar_wn_seeds5,
+#     dqn_minatar_normal_seeds5, dqn_minatar_normal_lr3e-4_seeds5 (the lr
+#     defaults to the paper's pick: normal and bn 1e-4, wn 3e-4);
 # or `bench`: folded vs unfolded eval time, sweep throughput against
 # members (fp32, bf16) at full width, and one member against PyTorch (eager
 # and torch.compile max-autotune).
@@ -69,7 +78,8 @@
 #                  the call (the CPU smoke tests shrink the network and the
 #                  schedule with it; they must suit every run named)
 #   MNIST_DIR      the four official MNIST files (.gz or not) for the vae_mnist
-#                  runs; default .data/mnist (11 MB: they travel in one call)
+#                  and draw_mnist runs; default .data/mnist (11 MB: they
+#                  travel in one call)
 #
 # The VAE's 300 epochs may not fit one 10-minute slot: a vae_mnist run
 # checkpoints every epoch and resumes from WORK_DIR/<run> when called again
@@ -81,7 +91,7 @@
 # installed first if present.
 set -euo pipefail
 
-usage="usage: reproduce_gpu.sh OUT_DIR RUN [RUN ...] (RUN: <parameterization>_lr<lr>_s<seed>[_<change>], vae_mnist_<parameterization>_seeds<N> or bench) | reproduce_gpu.sh stage PART"
+usage="usage: reproduce_gpu.sh OUT_DIR RUN [RUN ...] (RUN: <parameterization>_lr<lr>_s<seed>[_<change>], vae_mnist_<parameterization>_seeds<N>, draw_mnist_<normal|wn>_seeds<N>, dqn_minatar_<normal|wn|bn>[_lr<lr>]_seeds<N> or bench) | reproduce_gpu.sh stage PART"
 stage_dir=${STAGE_DIR:-/tmp/wn_jax_stage}
 data_root=${DATA_ROOT:-/tmp/wn_jax_data}
 # sha256 of the original cifar-10-python.tar.xz, joined from its parts.
@@ -105,12 +115,15 @@ shift
 [ $# -ge 1 ] || { echo "$usage" >&2; exit 2; }
 runs=("$@")
 vae_pattern='^vae_mnist_(normal|bn|mobn|wn|wn_mobn)_seeds([1-9][0-9]*)$'
+draw_pattern='^draw_mnist_(normal|wn)_seeds([1-9][0-9]*)$'
+dqn_pattern='^dqn_minatar_(normal|wn|bn)(_lr([0-9]+(\.[0-9]+)?(e-?[0-9]+)?))?_seeds([1-9][0-9]*)$'
 run_pattern='^(normal|bn|mobn|wn|wn_mobn)_lr([0-9]+(\.[0-9]+)?(e-?[0-9]+)?)_s([0-9]+)(_(precision_highest|zca[0-9]+(\.[0-9]+)?(e-?[0-9]+)?|jpegcopy|jpeg_q[0-9]+))?$'
 # Check every name before anything starts.
 for run in "${runs[@]}"; do
   if [ "$run" = bench ]; then
     [ ${#runs[@]} -eq 1 ] || { echo "bench runs alone, not with training runs" >&2; exit 2; }
-  elif ! [[ $run =~ $run_pattern || $run =~ $vae_pattern ]]; then
+  elif ! [[ $run =~ $run_pattern || $run =~ $vae_pattern || $run =~ $draw_pattern \
+             || $run =~ $dqn_pattern ]]; then
     echo "unknown run '$run'; $usage" >&2; exit 2
   fi
 done
@@ -243,22 +256,47 @@ train() {
   pids+=($!)
 }
 
-# train_vae NAME: the section 5.2 VAE on MNIST, its seeds one vmapped sweep.
-train_vae() {
-  local name=$1
-  [[ $name =~ $vae_pattern ]]
-  local variant=${BASH_REMATCH[1]} num_seeds=${BASH_REMATCH[2]}
-  local mnist=${MNIST_DIR:-.data/mnist}
-  [ -d "$mnist" ] || { echo "no MNIST: set MNIST_DIR or put the four files in .data/mnist" >&2
-                       return 3; }
+# train_seeds NAME CONFIG NUM_SEEDS [ARGS...]: seeds 0..NUM_SEEDS-1 of CONFIG
+# as one vmapped sweep, checkpointed every epoch (a rerun with the same
+# WORK_DIR resumes).
+train_seeds() {
+  local name=$1 config=$2 num_seeds=$3
+  shift 3
   local seeds
   seeds=$(python3 -c "print(tuple(range($num_seeds)))")
   XLA_PYTHON_CLIENT_MEM_FRACTION=$mem_fraction timeout "$budget" \
-    python3 train.py --config "configs/mnist_vae.py:$variant" --workdir "$work/$name" \
-      --config.data.folder="$mnist" --config.sweep.seed="$seeds" \
-      --config.sweep.member_loop=vmap --config.checkpoint_every_epochs=1 $extra \
-      > "$logs/$name.log" 2>&1 &
+    python3 train.py --config "$config" --workdir "$work/$name" "$@" \
+      --config.sweep.seed="$seeds" --config.sweep.member_loop=vmap \
+      --config.checkpoint_every_epochs=1 $extra > "$logs/$name.log" 2>&1 &
   pids+=($!)
+}
+
+# mnist_dir: the MNIST folder of the vae_mnist and draw_mnist runs.
+mnist_dir() {
+  local mnist=${MNIST_DIR:-.data/mnist}
+  [ -d "$mnist" ] || { echo "no MNIST: set MNIST_DIR or put the four files in .data/mnist" >&2
+                       return 3; }
+  echo "$mnist"
+}
+
+# train_named NAME: a vae_mnist, draw_mnist or dqn_minatar run.
+train_named() {
+  local name=$1 mnist
+  if [[ $name =~ $vae_pattern ]]; then
+    mnist=$(mnist_dir) || return 3
+    train_seeds "$name" "configs/mnist_vae.py:${BASH_REMATCH[1]}" "${BASH_REMATCH[2]}" \
+      --config.data.folder="$mnist"
+  elif [[ $name =~ $draw_pattern ]]; then
+    mnist=$(mnist_dir) || return 3
+    train_seeds "$name" "configs/mnist_draw.py:${BASH_REMATCH[1]}" "${BASH_REMATCH[2]}" \
+      --config.data.folder="$mnist"
+  else
+    [[ $name =~ $dqn_pattern ]]
+    local variant=${BASH_REMATCH[1]} lr=${BASH_REMATCH[3]} num_seeds=${BASH_REMATCH[6]}
+    local args=()
+    [ -z "$lr" ] || args+=(--config.optimizer.learning_rate="$lr")
+    train_seeds "$name" "configs/minatar_dqn.py:$variant" "$num_seeds" "${args[@]}"
+  fi
 }
 
 # Seconds left of the bench's one budget (at least 1).
@@ -284,7 +322,7 @@ if [ "${runs[0]}" = bench ]; then
 else
   mem_fraction=$(python3 -c "print(round(0.9 / ${#runs[@]}, 3))")
   for run in "${runs[@]}"; do
-    if [[ $run =~ $vae_pattern ]]; then train_vae "$run"; else train "$run"; fi
+    if [[ $run =~ $run_pattern ]]; then train "$run"; else train_named "$run"; fi
   done
 fi
 status=0

@@ -82,10 +82,12 @@ def _run_script(args, tmp_path, budget_s=900, **env):
   return subprocess.CompletedProcess(process.args, returncode, outputs["stdout"], outputs["stderr"])
 
 
-def _records(out, name):
+def _records(out, name, member=None):
+  """The run's config and the metrics of the run (or of one sweep member)."""
+  folder = f"./{name}/{member}" if member else f"./{name}"
   with tarfile.open(out / f"records_{name}.tgz") as records:
     config = json.load(records.extractfile(f"./{name}/config.json"))
-    metrics = records.extractfile(f"./{name}/metrics.jsonl").read().decode()
+    metrics = records.extractfile(f"{folder}/metrics.jsonl").read().decode()
   return config, [json.loads(line) for line in metrics.splitlines()]
 
 
@@ -97,6 +99,9 @@ def _records(out, name):
     (["bench", "wn_lr0.001_s0"], "bench runs alone"),
     (["vae_mnist_wn_seeds0"], "unknown run"),
     (["vae_mnist_weightnorm_seeds2"], "unknown run"),
+    (["draw_mnist_bn_seeds2"], "unknown run"),
+    (["dqn_minatar_wn_mobn_seeds2"], "unknown run"),
+    (["dqn_minatar_wn_lr_seeds2"], "unknown run"),
     ([], "usage"),
 ])
 def test_bad_run_names_are_refused_before_anything_starts(runs, message, tmp_path):
@@ -193,3 +198,37 @@ def test_stage_refuses_a_file_that_is_not_a_part(tmp_path):
   result = _run_script(["stage", not_a_part], tmp_path)
   assert result.returncode == 2
   assert "is not named <archive>.part<N>" in result.stderr
+
+
+@pytest.mark.slow  # end-to-end script run
+def test_draw_runs_train_their_seeds_as_one_sweep(tiny_mnist, tmp_path):
+  tiny_draw = ("--config.data.train_examples=20 --config.model.glimpses=2 "
+               "--config.model.encoder_units=4 --config.model.decoder_units=4 "
+               "--config.model.latent=2 --config.model.write_n=3 --config.num_epochs=1 "
+               "--config.batch_size=10 --config.init_batch_size=10 --config.eval_batch_size=5")
+  name = "draw_mnist_wn_seeds2"
+  result = _run_script([tmp_path / "out", name], tmp_path, MNIST_DIR=tiny_mnist,
+                       EXTRA_ARGS=tiny_draw)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert f"{name}: finished" in result.stdout
+  config, member = _records(tmp_path / "out", name, "wn_nodatainit_lr0.0003_s1")
+  assert config["task"] == "draw" and config["model"]["parameterization"] == "wn"
+  assert config["sweep"]["seed"] == [0, 1] and config["sweep"]["member_loop"] == "vmap"
+  assert [m["epoch"] for m in member if "test_elbo" in m] == [1]
+
+
+@pytest.mark.slow  # end-to-end script run
+@pytest.mark.skipif(__import__("importlib").util.find_spec("gymnax") is None,
+                    reason="needs the rl extra: pip install -e '.[test,rl]'")
+def test_dqn_runs_take_the_named_learning_rate_and_seeds(tmp_path):
+  tiny_dqn = ("--config.env.max_steps_in_episode=30 --config.dqn.replay_capacity=200 "
+              "--config.dqn.replay_start=40 --config.dqn.init_states=20 "
+              "--config.dqn.env_steps_per_epoch=40 --config.dqn.test_episodes=2 "
+              "--config.eval_batch_size=2 --config.batch_size=8 --config.num_epochs=1")
+  name = "dqn_minatar_normal_lr3e-4_seeds2"
+  result = _run_script([tmp_path / "out", name], tmp_path, EXTRA_ARGS=tiny_dqn)
+  assert result.returncode == 0, result.stderr[-3000:]
+  config, member = _records(tmp_path / "out", name, "normal_nodatainit_lr0.0003_s1")
+  assert config["task"] == "dqn" and config["optimizer"]["learning_rate"] == 3e-4
+  assert config["sweep"]["seed"] == [0, 1]
+  assert [m["epoch"] for m in member if "test_return" in m] == [1]
