@@ -218,3 +218,13 @@ def tiny_mnist(tmp_path_factory):
     write_idx(folder / f"{prefix}-images-idx3-ubyte.gz", images)
     write_idx(folder / f"{prefix}-labels-idx1-ubyte.gz", labels)
   return str(folder)
+
+
+def read_records(workdir):
+  """A run's metrics.jsonl records without the timing fields (which differ
+  between otherwise identical runs)."""
+  import json
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return [{k: v for k, v in json.loads(line).items() if k not in ("epoch_time_s",
+                                                                     "images_per_s")}
+            for line in f]

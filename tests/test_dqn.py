@@ -3,13 +3,13 @@ data-dependent init on replay states, batch norm's modes, and a MinAtar run
 through the one loop that resumes to the uninterrupted result."""
 
 import importlib.util
-import json
 import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import read_records
 
 from configs import minatar_dqn
 from wn_jax import config_checks, steps, train
@@ -225,11 +225,6 @@ def test_dqn_config_errors_name_the_key():
     minatar_dqn.get_config("lr1e-4,lr3e-4")
 
 
-def _records(workdir):
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    return [{k: v for k, v in json.loads(line).items() if k not in ("epoch_time_s",
-                                                                     "images_per_s")}
-            for line in f]
 
 
 @pytest.mark.slow  # two short runs and a resume
@@ -237,7 +232,7 @@ def _records(workdir):
 def test_an_interrupted_minatar_run_resumes_to_the_uninterrupted_result(tmp_path):
   config = tiny_dqn_config("wn")
   straight = train.train_and_evaluate(config, str(tmp_path / "straight"))
-  records = _records(tmp_path / "straight")
+  records = read_records(tmp_path / "straight")
   epochs = [r for r in records if "test_return" in r]
   assert [r["epoch"] for r in epochs] == [1, 2]
   config_one = tiny_dqn_config("wn")
@@ -248,7 +243,7 @@ def test_an_interrupted_minatar_run_resumes_to_the_uninterrupted_result(tmp_path
   # Everything, the replay, the environment and the target network included.
   for a, b in zip(jax.tree.leaves(straight), jax.tree.leaves(resumed)):
     np.testing.assert_array_equal(a, b)
-  assert _records(tmp_path / "resumed") == records
+  assert read_records(tmp_path / "resumed") == records
 
 
 def test_keep_finite_guards_the_model_but_not_the_unguarded_collections():

@@ -1,13 +1,13 @@
 """DRAW (section 5.3): the bound's KL term, one weight draw for both arms, the
 model's recurrence, and a run through the one loop that resumes bitwise."""
 
-import json
 import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import read_records
 from PIL import Image
 
 from configs import mnist_draw
@@ -161,18 +161,13 @@ def tiny_draw_config(folder, variant="wn"):
   return config
 
 
-def _records(workdir):
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    return [{k: v for k, v in json.loads(line).items() if k not in ("epoch_time_s",
-                                                                     "images_per_s")}
-            for line in f]
 
 
 @pytest.mark.slow  # two short runs and a resume
 def test_a_draw_run_records_its_bound_and_resumes_bitwise(tiny_mnist, tmp_path):
   config = tiny_draw_config(tiny_mnist)
   straight = train.train_and_evaluate(config, str(tmp_path / "straight"))
-  records = _records(tmp_path / "straight")
+  records = read_records(tmp_path / "straight")
   epochs = [r for r in records if "train_elbo" in r]
   assert [r["epoch"] for r in epochs] == [1, 2]
   for r in epochs:
@@ -195,7 +190,7 @@ def test_a_draw_run_records_its_bound_and_resumes_bitwise(tiny_mnist, tmp_path):
   resumed = train.train_and_evaluate(config, str(tmp_path / "resumed"))
   for a, b in zip(jax.tree.leaves(straight), jax.tree.leaves(resumed)):
     np.testing.assert_array_equal(a, b)
-  assert _records(tmp_path / "resumed") == records
+  assert read_records(tmp_path / "resumed") == records
 
 
 def test_an_animated_picture_is_written_as_a_gif_of_its_frames(tmp_path):

@@ -2,7 +2,6 @@
 importance-weighted bound, the data-dependent init through the whole VAE,
 the normal arm's starting function, and training through the one loop."""
 
-import json
 import math
 import os
 
@@ -10,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import read_records
 
 from configs import mnist_vae
 from wn_jax import train
@@ -253,18 +253,13 @@ def tiny_vae_config(folder, variant="wn"):
   return config
 
 
-def _records(workdir):
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    return [{k: v for k, v in json.loads(line).items() if k not in ("epoch_time_s",
-                                                                     "images_per_s")}
-            for line in f]
 
 
 @pytest.mark.slow  # two short runs and a resume
 def test_a_vae_run_records_its_bound_and_resumes_bitwise(tiny_mnist, tmp_path):
   config = tiny_vae_config(tiny_mnist)
   straight = train.train_and_evaluate(config, str(tmp_path / "straight"))
-  records = _records(tmp_path / "straight")
+  records = read_records(tmp_path / "straight")
   epochs = [r for r in records if "train_elbo" in r]
   assert [r["epoch"] for r in epochs] == [1, 2]
   for r in epochs:
@@ -290,7 +285,7 @@ def test_a_vae_run_records_its_bound_and_resumes_bitwise(tiny_mnist, tmp_path):
   resumed = train.train_and_evaluate(config, str(tmp_path / "resumed"))
   for a, b in zip(jax.tree.leaves(straight), jax.tree.leaves(resumed)):
     np.testing.assert_array_equal(a, b)
-  resumed_records = _records(tmp_path / "resumed")
+  resumed_records = read_records(tmp_path / "resumed")
   # The same records, and the final measurement of each run's own end.
   assert [r for r in resumed_records if "final" not in r] == [
       r for r in records if "final" not in r]
@@ -298,7 +293,7 @@ def test_a_vae_run_records_its_bound_and_resumes_bitwise(tiny_mnist, tmp_path):
   assert [r for r in resumed_records if "final" in r][-1] == final[0]
   # A finished run started again measures nothing twice.
   train.train_and_evaluate(config, str(tmp_path / "resumed"))
-  assert _records(tmp_path / "resumed") == resumed_records
+  assert read_records(tmp_path / "resumed") == resumed_records
 
 
 @pytest.mark.slow  # a 2-member sweep and the member alone

@@ -66,7 +66,9 @@ def _series(runs: list[dict], part: str, key: str) -> tuple[np.ndarray, np.ndarr
   return x, values
 
 
-def _mean_and_standard_error(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def mean_and_standard_error(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """Mean and standard error (std with ddof=1 over sqrt(n); 0 for one run)
+  over the runs axis 0 of values [runs, ...]."""
   n = values.shape[0]
   spread = values.std(0, ddof=1) / np.sqrt(n) if n > 1 else np.zeros(values.shape[1])
   return values.mean(0), spread
@@ -81,13 +83,13 @@ def plot_bound(workdirs: Sequence[str], output: str, title: str | None = None) -
     label = f"{name} ({len(runs)} seed{'s' if len(runs) > 1 else ''})"
     if all(run["subset"] for run in runs):
       x, values = _series(runs, "subset", "subset_test_elbo")
-      mean, spread = _mean_and_standard_error(values)
+      mean, spread = mean_and_standard_error(values)
       left.plot(x, mean, color=color, label=label)
       left.fill_between(x, mean - spread, mean + spread, color=color, alpha=0.25)
     for key, style in (("test_elbo", "-"), ("ema_test_elbo", "--")):
       if all(key in run["epochs"][0] for run in runs):
         x, values = _series(runs, "epochs", key)
-        mean, spread = _mean_and_standard_error(values)
+        mean, spread = mean_and_standard_error(values)
         right.errorbar(x, mean, yerr=spread, color=color, linestyle=style, marker="o",
                        capsize=3, label=f"{label}{' averaged' if key.startswith('ema') else ''}")
   left.set(xlabel="training epochs", ylabel="test bound (nats per image)",
@@ -119,7 +121,7 @@ def bound_table(groups: dict[str, list[dict]]) -> str:
     averaged = (_series(runs, "epochs", "ema_test_elbo")[1]
                 if "ema_test_elbo" in runs[0]["epochs"][0] else None)
     for t, epoch in enumerate(x):
-      mean, spread = _mean_and_standard_error(raw[:, t:t + 1])
+      mean, spread = mean_and_standard_error(raw[:, t:t + 1])
       row = (f"| {name} | {epoch:g} | {raw.shape[0]} | {mean[0]:.2f} +- {spread[0]:.2f} "
              f"({', '.join(f'{v:.2f}' for v in raw[:, t])}) | ")
       row += (f"{averaged[:, t].mean():.2f} | " if averaged is not None else "- | ")

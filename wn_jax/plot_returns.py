@@ -19,6 +19,8 @@ from collections.abc import Sequence
 import matplotlib
 import numpy as np
 
+from wn_jax.plot_bound import mean_and_standard_error
+
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
@@ -58,12 +60,6 @@ def _matrix(runs: list[dict]) -> tuple[np.ndarray, np.ndarray]:
           np.array([run["returns"][:n] for run in runs], np.float64))
 
 
-def _mean_and_standard_error(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-  n = values.shape[0]
-  spread = values.std(0, ddof=1) / np.sqrt(n) if n > 1 else np.zeros(values.shape[1:])
-  return values.mean(0), spread
-
-
 def env_steps_per_epoch(config: dict) -> int:
   return int(config["dqn"]["env_steps_per_epoch"])
 
@@ -74,7 +70,7 @@ def plot_returns(workdirs: Sequence[str], output: str, title: str | None = None)
   fig, ax = plt.subplots(figsize=(7, 4.2))
   for i, (name, runs) in enumerate(groups.items()):
     epochs, returns = _matrix(runs)
-    mean, spread = _mean_and_standard_error(returns)
+    mean, spread = mean_and_standard_error(returns)
     color = f"C{i % 10}"
     ax.plot(epochs, mean, color=color, marker=".",
             label=f"{name} ({len(runs)} seed{'s' if len(runs) > 1 else ''})")
@@ -101,7 +97,7 @@ def returns_table(groups: dict[str, list[dict]]) -> str:
     steps = int(epochs[-1]) * env_steps_per_epoch(runs[0]["config"])
     cells = []
     for values in (returns.max(axis=1), returns[:, -1]):
-      mean, spread = _mean_and_standard_error(values[:, None])
+      mean, spread = mean_and_standard_error(values[:, None])
       cells.append(f"{mean[0]:.1f} +- {spread[0]:.1f} "
                    f"({', '.join(f'{v:.1f}' for v in values)})")
     lines.append(f"| {name} | {len(runs)} | {int(epochs[-1])} ({steps:,}) | {cells[0]} | "
