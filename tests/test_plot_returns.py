@@ -32,6 +32,9 @@ def test_the_table_gives_best_and_last_per_group_and_the_figure_is_written(tmp_p
           in lines)
   assert "| wn, lr 0.0003 | 1 | 3 (3,000) | 8.0 +- 0.0 (8.0) | 2.0 +- 0.0 (2.0) |" in lines
   assert len(lines) == 5  # the header, its rule and three groups (the lr tells them apart)
+  cut = plot_returns.plot_returns(runs, str(tmp_path / "cut.png"), max_epoch=2).splitlines()
+  assert "| normal, lr 0.0001 | 2 | 2 (2,000) | 4.5 +- 0.5 (5.0, 4.0) | 4.5 +- 0.5 (5.0, 4.0) |" \
+      in cut
 
 
 def test_a_run_without_an_evaluated_epoch_is_refused(tmp_path):

@@ -25,13 +25,15 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 
-def read_return_run(workdir: str) -> dict:
-  """{'config', 'epochs' [int], 'returns' [float]} of a DQN run's records."""
+def read_return_run(workdir: str, max_epoch: int | None = None) -> dict:
+  """{'config', 'epochs' [int], 'returns' [float]} of a DQN run's records
+  (up to `max_epoch`, if given)."""
   with open(os.path.join(workdir, "config.json")) as f:
     config = json.load(f)
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
     records = [json.loads(line) for line in f if line.strip()]
-  epochs = [r for r in records if "test_return" in r]
+  epochs = [r for r in records if "test_return" in r
+            and (max_epoch is None or r["epoch"] <= max_epoch)]
   if not epochs:
     raise ValueError(f"{workdir}/metrics.jsonl holds no evaluated epoch yet.")
   return {"config": config, "epochs": [r["epoch"] for r in epochs],
@@ -43,10 +45,11 @@ def group_name(config: dict) -> str:
           f"{config['optimizer']['learning_rate']:g}")
 
 
-def group_runs(workdirs: Sequence[str]) -> dict[str, list[dict]]:
+def group_runs(workdirs: Sequence[str], max_epoch: int | None = None
+               ) -> dict[str, list[dict]]:
   groups: dict[str, list[dict]] = {}
   for workdir in workdirs:
-    run = read_return_run(workdir)
+    run = read_return_run(workdir, max_epoch)
     groups.setdefault(group_name(run["config"]), []).append(run)
   for runs in groups.values():
     runs.sort(key=lambda run: run["config"]["seed"])
@@ -64,9 +67,11 @@ def env_steps_per_epoch(config: dict) -> int:
   return int(config["dqn"]["env_steps_per_epoch"])
 
 
-def plot_returns(workdirs: Sequence[str], output: str, title: str | None = None) -> str:
-  """Draws the figure into `output`; returns the markdown table."""
-  groups = group_runs(workdirs)
+def plot_returns(workdirs: Sequence[str], output: str, title: str | None = None,
+                 max_epoch: int | None = None) -> str:
+  """Draws the figure into `output` (epochs up to `max_epoch`, if given);
+  returns the markdown table."""
+  groups = group_runs(workdirs, max_epoch)
   fig, ax = plt.subplots(figsize=(7, 4.2))
   for i, (name, runs) in enumerate(groups.items()):
     epochs, returns = _matrix(runs)
@@ -110,8 +115,10 @@ def main(argv: Sequence[str] | None = None) -> None:
   parser.add_argument("workdirs", nargs="+", help="run folders (metrics.jsonl + config.json)")
   parser.add_argument("-o", "--output", required=True, help="the figure (.png)")
   parser.add_argument("--title", default=None)
+  parser.add_argument("--max-epoch", type=int, default=None,
+                      help="compare every run up to this epoch (runs stopped at different ones)")
   args = parser.parse_args(argv)
-  print(plot_returns(args.workdirs, args.output, args.title))
+  print(plot_returns(args.workdirs, args.output, args.title, args.max_epoch))
 
 
 if __name__ == "__main__":
