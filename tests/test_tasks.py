@@ -44,7 +44,8 @@ def test_the_classifier_records_what_it_did_before_the_task_interface(
 def test_every_task_has_the_interface_and_an_unknown_task_is_named():
   for module in tasks.TASKS.values():
     tasks.check_task(module)
-  with pytest.raises(ValueError, match="config.task must be one of classification, vae, "
+  with pytest.raises(ValueError, match="config.task must be one of classification, vae, draw, "
+                                       "dqn, "
                                        "got 'gan'"):
     tasks.get_task("gan")
   incomplete = types.ModuleType("incomplete")
