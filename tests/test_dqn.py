@@ -225,8 +225,6 @@ def test_dqn_config_errors_name_the_key():
     minatar_dqn.get_config("lr1e-4,lr3e-4")
 
 
-
-
 @pytest.mark.slow  # two short runs and a resume
 @needs_gymnax
 def test_an_interrupted_minatar_run_resumes_to_the_uninterrupted_result(tmp_path):

@@ -161,8 +161,6 @@ def tiny_draw_config(folder, variant="wn"):
   return config
 
 
-
-
 @pytest.mark.slow  # two short runs and a resume
 def test_a_draw_run_records_its_bound_and_resumes_bitwise(tiny_mnist, tmp_path):
   config = tiny_draw_config(tiny_mnist)
