@@ -105,7 +105,9 @@ class _Plain(DataInitLayer):
               else nnx.data(None))
 
   def _linear(self, x: Array, kernel: Array) -> Array:
-    raise NotImplementedError
+    """x times the kernel: `PlainDense` and `PlainConv` each define it."""
+    raise TypeError(f"{type(self).__name__} is the shared base of PlainDense and PlainConv; "
+                    "use one of them.")
 
   def __call__(self, x: Array) -> Array:
     x = jnp.asarray(x, self.dtype)
