@@ -48,6 +48,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.seed = 0
 
   config.env = ml_collections.ConfigDict()
+  config.env.suite = "gymnax"
   config.env.name = "SpaceInvaders-MinAtar"
   config.env.max_steps_in_episode = 10_000  # gymnax's default 1,000 [I]
 
@@ -79,8 +80,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.dqn.epsilon_decay_env_steps = 100_000
   config.dqn.huber_delta = 1.0
   config.dqn.reward_clip = 1.0
+  config.dqn.life_loss_terminal = False  # MinAtar games have no lives
   config.dqn.env_steps_per_epoch = 25_000
   config.dqn.test_episodes = 32
+  config.dqn.test_env_steps = 0  # 0: each test slot plays one whole episode
   config.dqn.test_epsilon = 0.05
 
   config.optimizer = ml_collections.ConfigDict()

@@ -9,7 +9,7 @@ import types
 import pytest
 from conftest import tiny_config
 
-from configs import cifar, mnist_vae
+from configs import cifar, minatar_dqn, mnist_vae
 from wn_jax import config_checks, tasks, train
 
 # metrics.jsonl of a tiny run (conftest's image folder and tiny_config)
@@ -54,12 +54,25 @@ def test_every_task_has_the_interface_and_an_unknown_task_is_named():
     tasks.check_task(incomplete)
 
 
-def test_a_workdir_from_before_the_task_keys_resumes_and_another_task_does_not(tmp_path):
-  saved = json.loads(cifar.get_config("wn").to_json())
-  for key in config_checks.ADDED_KEYS:
-    del saved[key]
-  with open(tmp_path / "config.json", "w") as f:
+def _write_without_added_keys(config, path, keys=tuple(config_checks.ADDED_KEYS)):
+  """config.json as written before `keys` (of ADDED_KEYS) existed."""
+  saved = json.loads(config.to_json())
+  for key in keys:
+    *sections, name = key.split(".")
+    node = saved
+    for section in sections:
+      node = node.get(section, {})
+    node.pop(name, None)
+  with open(path / "config.json", "w") as f:
     json.dump(saved, f)
+
+
+def test_a_workdir_from_before_the_task_keys_resumes_and_another_task_does_not(tmp_path):
+  _write_without_added_keys(cifar.get_config("wn"), tmp_path)
   config_checks.check_resumable_config(cifar.get_config("wn"), str(tmp_path))
+  (tmp_path / "dqn").mkdir()  # a MinAtar DQN from before the Atari keys
+  _write_without_added_keys(minatar_dqn.get_config("wn"), tmp_path / "dqn",
+                            ("env.suite", "dqn.life_loss_terminal", "dqn.test_env_steps"))
+  config_checks.check_resumable_config(minatar_dqn.get_config("wn"), str(tmp_path / "dqn"))
   with pytest.raises(ValueError, match="task: saved 'classification', now 'vae'"):
     config_checks.check_resumable_config(mnist_vae.get_config("wn"), str(tmp_path))

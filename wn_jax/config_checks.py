@@ -29,7 +29,9 @@ RESUMABLE_KEYS = ("log_every_steps", "log_norms_every_steps", "checkpoint_every_
 # Keys added after runs were recorded without them, with the value those runs
 # had: a checkpoint written before a key existed resumes under its default.
 ADDED_KEYS = {"task": "classification", "ema_epochs": 0.0, "pictures_every_epochs": 0,
-              "eval_every_steps": 0, "eval_subset": 0, "shuffle_train": True}
+              "eval_every_steps": 0, "eval_subset": 0, "shuffle_train": True,
+              "env.suite": "gymnax", "dqn.life_loss_terminal": False,
+              "dqn.test_env_steps": 0}
 # float32 convs and matmuls: 'default' lets the backend choose (TF32 on
 # NVIDIA Ampere/Hopper GPUs), 'highest' computes in full float32.
 MATMUL_PRECISIONS = ("default", "high", "highest")
@@ -101,8 +103,10 @@ def check_resumable_config(config: ml_collections.ConfigDict, workdir: str) -> N
   if not os.path.exists(path):
     return
   with open(path) as f:
-    saved = {**ADDED_KEYS, **flatten_config(json.load(f))}
+    saved = flatten_config(json.load(f))
   current = flatten_config(json.loads(config.to_json()))
+  # A key added since the workdir was written had the value it now defaults to.
+  saved = {**{k: v for k, v in ADDED_KEYS.items() if k in current}, **saved}
   differing = sorted(k for k in set(saved) | set(current)
                      if k not in RESUMABLE_KEYS and saved.get(k) != current.get(k))
   if differing:

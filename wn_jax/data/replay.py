@@ -7,13 +7,21 @@ writes measured slower on XLA:CPU, ../shared/DQN_RECIPE.md section 4);
 sampling draws rows uniformly from those written so far, never an
 unwritten row.
 
-Observations of 0/1 planes (MinAtar) can be stored bit-packed
-(`packed=True`: 8 values a byte, `jnp.packbits`), so a replay of 100,000
-MinAtar transitions with both observations is 15 MB instead of 120.
+Two layouts:
+  `Replay` stores each transition whole, both observations (MinAtar). Its
+    0/1 planes can be bit-packed (`packed=True`: 8 values a byte,
+    `jnp.packbits`), so 100,000 MinAtar transitions take 15 MB, not 120.
+  `FrameReplay` stores one frame per step (Atari): an observation of the
+    `history` latest frames is rebuilt from consecutive rows, as in
+    deep_q_rl's `ale_data_set`. 1,000,000 steps of 84x84 frames take 7 GB;
+    whole transitions would take 56 GB.
+`create`/`create_frames` make them; `add`, `sample_rows`, `gather` and
+`sample` take either.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import NamedTuple
 
@@ -78,43 +86,118 @@ def unpack(packed: Array, obs_shape: tuple[int, ...], dtype=jnp.float32) -> Arra
   return bits.reshape(*packed.shape[:-1], *obs_shape).astype(dtype)
 
 
+class FrameReplay(NamedTuple):
+  """One row per agent step [capacity, ...]: the newest frame of the
+  observation the action was taken in, whether that observation starts an
+  episode (`first`: the frames before it are not its history), the action,
+  the reward and the discount; the next row to write, how many rows hold
+  data, and whether the next row written starts an episode."""
+  frames: Array  # [capacity, H, W] uint8
+  first: Array  # [capacity] bool
+  actions: Array
+  rewards: Array
+  discounts: Array
+  position: Array  # int32 []
+  size: Array  # int32 []
+  next_first: Array  # bool []
+
+
+def create_frames(capacity: int, frame_shape: tuple[int, int], history: int) -> FrameReplay:
+  """An empty frame replay of `capacity` steps for observations [*frame_shape,
+  history] (the frames stacked on the last axis, oldest first)."""
+  if capacity < history + 1:
+    raise ValueError(f"A frame replay needs capacity > history ({history}), got {capacity}.")
+  return FrameReplay(frames=jnp.zeros((capacity, *frame_shape), jnp.uint8),
+                     first=jnp.zeros(capacity, bool), actions=jnp.zeros(capacity, jnp.int32),
+                     rewards=jnp.zeros(capacity, jnp.float32),
+                     discounts=jnp.zeros(capacity, jnp.float32),
+                     position=jnp.zeros((), jnp.int32), size=jnp.zeros((), jnp.int32),
+                     next_first=jnp.ones((), bool))
+
+
 def is_packed(replay: Replay, obs_shape: tuple[int, ...]) -> bool:
   """Whether `replay` stores its observations bit-packed (`create(packed=True)`)."""
   return replay.observations.shape[1:] != tuple(obs_shape)
 
 
-def add(replay: Replay, transition: Transition, obs_shape: tuple[int, ...]) -> Replay:
+def _put(array: Array, i: Array, value) -> Array:
+  """`array` with row `i` set to `value` (an in-place update under donation)."""
+  value = jnp.asarray(value, array.dtype)
+  return jax.lax.dynamic_update_slice(array, value.reshape(1, *array.shape[1:]),
+                                      (i,) + (0,) * (array.ndim - 1))
+
+
+def add(replay: Replay | FrameReplay, transition: Transition, obs_shape: tuple[int, ...],
+        episode_end: Array | bool = False) -> Replay | FrameReplay:
   """`replay` with one transition written at `position` (overwriting the
-  oldest once full)."""
+  oldest once full). `episode_end`: the environment reset after it (game
+  over or the cap; a `FrameReplay` starts the next row's history afresh)."""
   capacity = replay.actions.shape[0]
+  i = replay.position
+  put = functools.partial(_put, i=i)
+  if isinstance(replay, FrameReplay):
+    return FrameReplay(frames=put(replay.frames, value=transition.observation[..., -1]),
+                       first=put(replay.first, value=replay.next_first),
+                       actions=put(replay.actions, value=transition.action),
+                       rewards=put(replay.rewards, value=transition.reward),
+                       discounts=put(replay.discounts, value=transition.discount),
+                       position=(i + 1) % capacity,
+                       size=jnp.minimum(replay.size + 1, capacity),
+                       next_first=jnp.asarray(episode_end, bool))
   packed = is_packed(replay, obs_shape)
   store = pack if packed else (lambda o: o.astype(replay.observations.dtype))
-  i = replay.position
-
-  def put(array, value):
-    value = jnp.asarray(value, array.dtype)
-    return jax.lax.dynamic_update_slice(array, value.reshape(1, *array.shape[1:]),
-                                        (i,) + (0,) * (array.ndim - 1))
-
-  return Replay(observations=put(replay.observations, store(transition.observation)),
-                actions=put(replay.actions, transition.action),
-                rewards=put(replay.rewards, transition.reward),
-                discounts=put(replay.discounts, transition.discount),
+  return Replay(observations=put(replay.observations, value=store(transition.observation)),
+                actions=put(replay.actions, value=transition.action),
+                rewards=put(replay.rewards, value=transition.reward),
+                discounts=put(replay.discounts, value=transition.discount),
                 next_observations=put(replay.next_observations,
-                                      store(transition.next_observation)),
+                                      value=store(transition.next_observation)),
                 position=(i + 1) % capacity,
                 size=jnp.minimum(replay.size + 1, capacity))
 
 
-def sample_rows(replay: Replay, key: Array, batch_size: int) -> Array:
-  """int32 [batch_size] rows drawn uniformly, with replacement, from the
-  `size` rows written (row 0 alone while the replay is empty)."""
-  return jax.random.randint(key, (batch_size,), 0, jnp.maximum(replay.size, 1))
+def sample_rows(replay: Replay | FrameReplay, key: Array, batch_size: int,
+                history: int = 1) -> Array:
+  """int32 [batch_size] rows drawn uniformly, with replacement, from those
+  that hold a whole transition (row 0 alone while there is none): a
+  `Replay`'s `size` rows written; a `FrameReplay`'s rows but the newest
+  (its next frame is not written yet) and, once full, the oldest
+  `history - 1` (their history is overwritten)."""
+  if isinstance(replay, Replay):
+    return jax.random.randint(key, (batch_size,), 0, jnp.maximum(replay.size, 1))
+  capacity = replay.actions.shape[0]
+  full = replay.size == capacity
+  start = jnp.where(full, replay.position + history - 1, 0)
+  count = jnp.where(full, capacity - history, replay.size - 1)
+  offsets = jax.random.randint(key, (batch_size,), 0, jnp.maximum(count, 1))
+  return (start + offsets) % capacity
 
 
-def gather(replay: Replay, rows: Array, obs_shape: tuple[int, ...],
+def stack_rows(replay: FrameReplay, rows: Array, history: int) -> Array:
+  """int32 [B, history]: the rows whose frames make the observation of
+  each row of `rows` [B], oldest first; before an episode's first row its
+  first frame is repeated (what the environment shows at a reset)."""
+  capacity = replay.actions.shape[0]
+  columns = [rows]
+  for _ in range(history - 1):
+    newest = columns[-1]
+    columns.append(jnp.where(replay.first[newest], newest, (newest - 1) % capacity))
+  return jnp.stack(columns[::-1], axis=-1)
+
+
+def gather(replay: Replay | FrameReplay, rows: Array, obs_shape: tuple[int, ...],
            obs_dtype=jnp.float32) -> Transition:
-  """The transitions at `rows` [B], observations unpacked to `obs_dtype`."""
+  """The transitions at `rows` [B], observations unpacked to `obs_dtype`
+  (a `FrameReplay`'s [B, H, W, history] rebuilt from its rows)."""
+  if isinstance(replay, FrameReplay):
+    history = obs_shape[-1]
+    capacity = replay.actions.shape[0]
+    def observations(rows):
+      frames = replay.frames[stack_rows(replay, rows, history)]  # [B, history, H, W]
+      return jnp.moveaxis(frames, 1, -1).astype(obs_dtype)
+    return Transition(observation=observations(rows), action=replay.actions[rows],
+                      reward=replay.rewards[rows], discount=replay.discounts[rows],
+                      next_observation=observations((rows + 1) % capacity))
   packed = is_packed(replay, obs_shape)
   def observations(array):
     taken = array[rows]
@@ -128,7 +211,8 @@ def gather(replay: Replay, rows: Array, obs_shape: tuple[int, ...],
 def sample(replay: Replay, key: Array, batch_size: int, obs_shape: tuple[int, ...],
            obs_dtype=jnp.float32) -> Transition:
   """A uniform minibatch of `batch_size` transitions."""
-  return gather(replay, sample_rows(replay, key, batch_size), obs_shape, obs_dtype)
+  history = obs_shape[-1] if isinstance(replay, FrameReplay) else 1
+  return gather(replay, sample_rows(replay, key, batch_size, history), obs_shape, obs_dtype)
 
 
 def nbytes(replay: Replay) -> int:

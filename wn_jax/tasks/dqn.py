@@ -1,11 +1,13 @@
-"""Deep Q-learning (section 5.4, Figure 5) on MinAtar through gymnax, as a
-task of the one trainer.
+"""Deep Q-learning (section 5.4, Figure 5) as a task of the one trainer:
+MinAtar through gymnax (`config.env.suite = 'gymnax'`) and the Atari games
+through ale-py (`'ale'`, `wn_jax.data.atari`: the emulator behind gymnax's
+interface, stepped from the jitted step by a host callback).
 
 One training step of the loop is one DQN update, and everything it needs
 happens inside the jitted step: `dqn.env_steps_per_update` (4) steps of the
-epsilon-greedy agent in the environment (`gymnax`, auto-resetting), each
-transition written to the replay (`wn_jax.data.replay`, a ring buffer of
-device arrays), then one Adamax step on the Huber TD loss of a uniform
+epsilon-greedy agent in the environment (auto-resetting), each transition
+written to the replay (`wn_jax.data.replay`, a ring buffer of device
+arrays: whole transitions for MinAtar, one frame per step for Atari), then one Adamax step on the Huber TD loss of a uniform
 minibatch (`q_learning_td_error`, `optax.losses.huber_loss`) against the
 target network, which is the online network copied every
 `dqn.target_period_updates` updates (before the update whose index is a
@@ -13,6 +15,11 @@ multiple of it, deep_q_rl's order). The environment's state, the replay,
 the target network and the counters live in the model state's 'dqn'
 collection, so the loop's checkpoints hold them and a resumed run is the
 uninterrupted one, replay included.
+
+A transition is terminal for learning (discount 0) at game over, and with
+`dqn.life_loss_terminal` also where a life was lost (deep_q_rl's training;
+the game goes on). With Atari's frame replay an episode cut at the cap is
+stored as terminal too: the state after the cut is not in the replay.
 
 The init (`init_variables`) fills the replay with `dqn.replay_start`
 steps of the uniformly random policy (deep_q_rl: no learning and full
@@ -25,14 +32,17 @@ target network starts as the initialised online one.
 An epoch is `dqn.env_steps_per_epoch` environment steps. The loop's
 "training set" is only a count (one row per minibatch slot of the epoch's
 updates, never read); the test set is `dqn.test_episodes` episode slots.
-Evaluation (`eval_sums`) plays those episodes in parallel at
-`dqn.test_epsilon` until every one ends (or `env.max_steps_in_episode`),
-from keys fixed per run, and sums their undiscounted, unclipped returns
-(Figure 5's "test reward per episode").
+Evaluation (`eval_sums`) plays at `dqn.test_epsilon` from keys fixed per
+run and sums undiscounted, unclipped returns (Figure 5's "test reward per
+episode"): with `dqn.test_env_steps` 0, one episode per slot, all in
+parallel until every one ends (or `env.max_steps_in_episode`); otherwise
+deep_q_rl's test epoch: each slot plays `test_env_steps` steps, episode
+after episode, and the episodes that ended within them count (a slot that
+ended none counts its unfinished one).
 
 Bad values in the interface between the agent and the environment raise
-ValueError (`validate_config`); gymnax is imported lazily so the other
-tasks do not need it (`pip install -e '.[rl]'`).
+ValueError (`validate_config`); gymnax and ale-py are imported lazily so
+the other tasks do not need them (`pip install -e '.[rl]'`).
 """
 
 from __future__ import annotations
@@ -47,6 +57,7 @@ import numpy as np
 import optax
 from absl import logging
 
+from wn_jax.data import atari
 from wn_jax.data import replay as replay_lib
 from wn_jax.models.dqn import QNetwork, dqn_bias_init
 from wn_jax.tasks.base import TaskData
@@ -61,6 +72,7 @@ EVAL_METRICS = ("return", "length")
 # (guarding them would copy the replay every update: 174 -> 100 updates/s).
 UNGUARDED_COLLECTIONS = ("dqn",)
 PARAMETERIZATIONS = ("normal", "wn", "bn")
+SUITES = ("gymnax", "ale")
 
 
 def _import_gymnax():
@@ -73,11 +85,25 @@ def _import_gymnax():
 
 
 @functools.cache
-def make_environment(name: str, max_steps_in_episode: int):
-  """(env, env_params) of a gymnax environment with the episode cap raised or
-  lowered to `max_steps_in_episode` (truncation, not termination)."""
+def _make_environment(suite: str, name: str, max_steps_in_episode: int, frame_skip: int,
+                      noop_max: int):
+  if suite == "ale":
+    env = atari.AtariEnvironment(name, frame_skip=frame_skip, noop_max=noop_max)
+    return env, atari.AtariParams(max_steps_in_episode=max_steps_in_episode)
   env, params = _import_gymnax().make(name)
   return env, params.replace(max_steps_in_episode=max_steps_in_episode)
+
+
+def make_environment(config: ml_collections.ConfigDict):
+  """(env, env_params) of `config.env`: a gymnax environment (MinAtar) or an
+  Atari game (`atari.AtariEnvironment`), with the episode cap set to
+  `env.max_steps_in_episode` agent steps (truncation, not termination)."""
+  e = config.env
+  if e.suite not in SUITES:
+    raise ValueError(f"config.env.suite must be one of {SUITES}, got {e.suite!r}.")
+  ale = e.suite == "ale"
+  return _make_environment(e.suite, e.name, e.max_steps_in_episode,
+                           e.frame_skip if ale else 0, e.noop_max if ale else 0)
 
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
@@ -116,6 +142,18 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   if config.shuffle_train:
     raise ValueError("config.shuffle_train must be False for the DQN: its training rows "
                      "only count the updates of an epoch.")
+  if config.env.suite not in SUITES:
+    raise ValueError(f"config.env.suite must be one of {SUITES}, got {config.env.suite!r}.")
+  if d.test_env_steps < 0:
+    raise ValueError(f"config.dqn.test_env_steps must be >= 0 (0 = whole episodes), got "
+                     f"{d.test_env_steps!r}.")
+  if config.env.suite == "ale":
+    if config.env.frame_skip < 1 or config.env.noop_max < 0:
+      raise ValueError("config.env.frame_skip must be >= 1 and config.env.noop_max >= 0, "
+                       f"got {config.env.frame_skip!r} and {config.env.noop_max!r}.")
+    if d.replay_capacity <= atari.HISTORY:
+      raise ValueError(f"config.dqn.replay_capacity={d.replay_capacity} must exceed the "
+                       f"frames of a state, {atari.HISTORY}.")
 
 
 def updates_per_epoch(config: ml_collections.ConfigDict) -> int:
@@ -126,7 +164,7 @@ def load_data(config: ml_collections.ConfigDict) -> TaskData:
   """No data set: train {'slot': [updates_per_epoch * batch_size]} (a count
   for the loop's epoch length), test {'episode': [test_episodes]}; info the
   environment's observation shape and number of actions."""
-  env, env_params = make_environment(config.env.name, config.env.max_steps_in_episode)
+  env, env_params = make_environment(config)
   obs_shape = tuple(int(d) for d in env.observation_space(env_params).shape)
   num_actions = int(env.num_actions)
   logging.info("%s: observations %s, %d actions, episodes capped at %d steps.",
@@ -186,7 +224,7 @@ def _act_and_store(config, model, variables, dqn: dict, key: Array, num_steps: i
                    random_policy: bool) -> dict:
   """`num_steps` steps of the agent (greedy w.r.t. `variables` with the
   current epsilon, or uniformly random), every transition into the replay."""
-  env, env_params = make_environment(config.env.name, config.env.max_steps_in_episode)
+  env, env_params = make_environment(config)
   obs_shape = dqn["observation"].shape
 
   def one(dqn, step_key):
@@ -197,21 +235,45 @@ def _act_and_store(config, model, variables, dqn: dict, key: Array, num_steps: i
       q = model.apply(variables, dqn["observation"][None], train=False)[0]
       learning_steps = jnp.maximum(dqn["env_steps"] - config.dqn.replay_start, 0)
       action = epsilon_greedy(policy_key, q, epsilon(config, learning_steps))
-    observation, env_state, reward, terminated, _, info = env.step(
+    observation, env_state, reward, terminated, truncated, info = env.step(
         env_key, dqn["env_state"], action, env_params)
     stored_reward = reward if config.dqn.reward_clip == 0 else jnp.clip(
         reward, -config.dqn.reward_clip, config.dqn.reward_clip)
     transition = replay_lib.Transition(
         observation=dqn["observation"], action=action, reward=stored_reward,
-        discount=1.0 - terminated.astype(jnp.float32),
+        discount=1.0 - learning_terminal(config, terminated, truncated, info),
         next_observation=info["final_observation"])
-    dqn = {**dqn, "replay": replay_lib.add(dqn["replay"], transition, obs_shape),
+    replay = replay_lib.add(dqn["replay"], transition, obs_shape,
+                            episode_end=jnp.logical_or(terminated, truncated))
+    dqn = {**dqn, "replay": replay,
            "env_state": env_state, "observation": observation,
            "env_steps": dqn["env_steps"] + 1}
     return dqn, None
 
   dqn, _ = jax.lax.scan(one, dqn, jax.random.split(key, num_steps))
   return dqn
+
+
+def learning_terminal(config: ml_collections.ConfigDict, terminated: Array,
+                      truncated: Array, info: dict[str, Array]) -> Array:
+  """float32: 1 where the learner's target gets no bootstrap: game over;
+  with `dqn.life_loss_terminal` a life lost; with Atari's frame replay an
+  episode cut at the cap (its next state is not stored)."""
+  terminal = terminated
+  if config.dqn.life_loss_terminal:
+    terminal = jnp.logical_or(terminal, info["life_lost"])
+  if config.env.suite == "ale":
+    terminal = jnp.logical_or(terminal, truncated)
+  return terminal.astype(jnp.float32)
+
+
+def create_replay(config: ml_collections.ConfigDict, obs_shape: tuple[int, ...]):
+  """An empty replay: one frame per step for Atari (observations [H, W,
+  history]), whole transitions (bit-packed if `dqn.pack_replay`) for MinAtar."""
+  d = config.dqn
+  if config.env.suite == "ale":
+    return replay_lib.create_frames(d.replay_capacity, obs_shape[:-1], obs_shape[-1])
+  return replay_lib.create(d.replay_capacity, obs_shape, packed=d.pack_replay)
 
 
 # ---------------------------------------------------------------------------
@@ -224,11 +286,11 @@ def init_variables(config: ml_collections.ConfigDict, model: QNetwork, batch, rn
   data-dependent init for 'wn'), copy it to the target network."""
   del batch
   d = config.dqn
-  env, env_params = make_environment(config.env.name, config.env.max_steps_in_episode)
+  env, env_params = make_environment(config)
   reset_key, fill_key = jax.random.split(rngs["env"])
   observation, env_state = env.reset(reset_key, env_params)
   obs_shape = tuple(observation.shape)
-  dqn = {"replay": replay_lib.create(d.replay_capacity, obs_shape, packed=d.pack_replay),
+  dqn = {"replay": create_replay(config, obs_shape),
          "env_state": env_state, "observation": observation,
          "env_steps": jnp.zeros((), jnp.int32), "updates": jnp.zeros((), jnp.int32)}
   dqn = _act_and_store(config, model, None, dqn, fill_key, d.replay_start,
@@ -301,26 +363,34 @@ def train_loss(config: ml_collections.ConfigDict, model: QNetwork, params, model
 
 def eval_sums(config: ml_collections.ConfigDict, model: QNetwork, variables, batch,
               mask: Array, key: Array) -> dict[str, Array]:
-  """Plays one episode per slot of the batch at `dqn.test_epsilon`, all in
-  parallel, until each ends (terminated or truncated at the cap): sums over
-  the unmasked slots of the return (unclipped) and the length, and 'count'."""
-  env, env_params = make_environment(config.env.name, config.env.max_steps_in_episode)
+  """Plays at `dqn.test_epsilon`, one stream per slot of the batch, all in
+  parallel: with `dqn.test_env_steps` 0 one episode each, until every one
+  ends (terminated or truncated at the cap); otherwise `test_env_steps`
+  steps each, counting the episodes that ended in them (or the unfinished
+  one of a slot that ended none). Sums over the unmasked slots: 'return'
+  (unclipped) and 'length' of the counted episodes, and their number,
+  'count'."""
+  env, env_params = make_environment(config)
   network = {k: v for k, v in variables.items() if k != "dqn"}
-  episodes = batch["episode"].shape[0]
+  slots = batch["episode"].shape[0]
   keys = jax.vmap(lambda e: jax.random.fold_in(key, e))(batch["episode"])
-  reset = jax.vmap(env.reset, in_axes=(0, None))
   step = jax.vmap(env.step, in_axes=(0, 0, 0, None))
-  observation, env_state = reset(keys, env_params)
-  zeros = jnp.zeros(episodes, jnp.float32)
-  carry = (observation, env_state, jnp.zeros(episodes, bool), zeros, zeros,
+  observation, env_state = jax.vmap(env.reset, in_axes=(0, None))(keys, env_params)
+  zeros = jnp.zeros(slots, jnp.float32)
+  # (observation, env_state, done, episode return, episode length, sum of
+  # counted returns, of counted lengths, counted episodes, t)
+  carry = (observation, env_state, jnp.zeros(slots, bool), zeros, zeros, zeros, zeros, zeros,
            jnp.zeros((), jnp.int32))
+  budget = config.dqn.test_env_steps
 
   def running(carry):
-    done, t = carry[2], carry[5]
+    done, t = carry[2], carry[-1]
+    if budget:
+      return t < budget
     return jnp.logical_and(~jnp.all(done), t < config.env.max_steps_in_episode)
 
   def one(carry):
-    observation, env_state, done, total, length, t = carry
+    observation, env_state, done, ret, length, ret_sum, length_sum, count, t = carry
     step_keys = jax.vmap(lambda k: jax.random.split(jax.random.fold_in(k, t)))(keys)
     q = model.apply(network, observation, train=False)
     action = jax.vmap(epsilon_greedy, in_axes=(0, 0, None))(
@@ -328,14 +398,26 @@ def eval_sums(config: ml_collections.ConfigDict, model: QNetwork, variables, bat
     observation, env_state, reward, terminated, truncated, _ = step(
         step_keys[:, 1], env_state, action, env_params)
     live = (~done).astype(jnp.float32)
-    total = total + live * reward
-    length = length + live
-    done = done | terminated | truncated
-    return observation, env_state, done, total, length, t + 1
+    ret, length = ret + live * reward, length + live
+    ended = jnp.logical_or(terminated, truncated)
+    if budget:  # episode after episode: bank each one that ends
+      banked = ended.astype(jnp.float32)
+      ret_sum, length_sum, count = (ret_sum + banked * ret, length_sum + banked * length,
+                                    count + banked)
+      ret, length = (1.0 - banked) * ret, (1.0 - banked) * length
+    else:
+      done = done | ended
+    return observation, env_state, done, ret, length, ret_sum, length_sum, count, t + 1
 
-  _, _, _, total, length, _ = jax.lax.while_loop(running, one, carry)
-  return {"return": jnp.sum(total * mask), "length": jnp.sum(length * mask),
-          "count": jnp.sum(mask)}
+  _, _, _, ret, length, ret_sum, length_sum, count, _ = jax.lax.while_loop(
+      running, one, carry)
+  if not budget:  # each slot's one episode
+    ret_sum, length_sum, count = ret, length, jnp.ones(slots, jnp.float32)
+  none = count == 0  # a slot that ended no episode counts its unfinished one
+  ret_sum, length_sum = jnp.where(none, ret, ret_sum), jnp.where(none, length, length_sum)
+  count = jnp.where(none, 1.0, count)
+  return {"return": jnp.sum(ret_sum * mask), "length": jnp.sum(length_sum * mask),
+          "count": jnp.sum(count * mask)}
 
 
 def pictures(config, model, variables, test, key) -> dict[str, np.ndarray]:
