@@ -31,6 +31,14 @@
 #   dqn_minatar_<normal|wn|bn>[_lr<lr>]_seeds<N>, e.g. dqn_minatar_wn_seeds5,
 #     dqn_minatar_normal_seeds5, dqn_minatar_normal_lr3e-4_seeds5 (the lr
 #     defaults to the paper's pick: normal and bn 1e-4, wn 3e-4);
+# or DQN on an Atari game (section 5.4 at the paper's scale,
+# configs/atari_dqn.py: 200 epochs of 250,000 agent steps, each followed by
+# a 125,000-step test epoch; ale-py from the rl extra):
+#   dqn_atari_<game>_<normal|wn|bn>[_lr<lr>]_s<seed>, game space_invaders |
+#     breakout | enduro | seaquest, e.g. dqn_atari_space_invaders_wn_s0
+#     (Figure 5) and dqn_atari_space_invaders_normal_s0; one seed a run, as
+#     the paper ran them; checkpointed every epoch, so a rerun with the same
+#     WORK_DIR resumes after the last whole epoch;
 # or `bench`: folded vs unfolded eval time, sweep throughput against
 # members (fp32, bf16) at full width, and one member against PyTorch (eager
 # and torch.compile max-autotune).
@@ -91,7 +99,7 @@
 # installed first if present.
 set -euo pipefail
 
-usage="usage: reproduce_gpu.sh OUT_DIR RUN [RUN ...] (RUN: <parameterization>_lr<lr>_s<seed>[_<change>], vae_mnist_<parameterization>_seeds<N>, draw_mnist_<normal|wn>_seeds<N>, dqn_minatar_<normal|wn|bn>[_lr<lr>]_seeds<N> or bench) | reproduce_gpu.sh stage PART"
+usage="usage: reproduce_gpu.sh OUT_DIR RUN [RUN ...] (RUN: <parameterization>_lr<lr>_s<seed>[_<change>], vae_mnist_<parameterization>_seeds<N>, draw_mnist_<normal|wn>_seeds<N>, dqn_minatar_<normal|wn|bn>[_lr<lr>]_seeds<N>, dqn_atari_<game>_<normal|wn|bn>[_lr<lr>]_s<seed> or bench) | reproduce_gpu.sh stage PART"
 stage_dir=${STAGE_DIR:-/tmp/wn_jax_stage}
 data_root=${DATA_ROOT:-/tmp/wn_jax_data}
 # sha256 of the original cifar-10-python.tar.xz, joined from its parts.
@@ -117,13 +125,14 @@ runs=("$@")
 vae_pattern='^vae_mnist_(normal|bn|mobn|wn|wn_mobn)_seeds([1-9][0-9]*)$'
 draw_pattern='^draw_mnist_(normal|wn)_seeds([1-9][0-9]*)$'
 dqn_pattern='^dqn_minatar_(normal|wn|bn)(_lr([0-9]+(\.[0-9]+)?(e-?[0-9]+)?))?_seeds([1-9][0-9]*)$'
+atari_pattern='^dqn_atari_(space_invaders|breakout|enduro|seaquest)_(normal|wn|bn)(_lr([0-9]+(\.[0-9]+)?(e-?[0-9]+)?))?_s([0-9]+)$'
 run_pattern='^(normal|bn|mobn|wn|wn_mobn)_lr([0-9]+(\.[0-9]+)?(e-?[0-9]+)?)_s([0-9]+)(_(precision_highest|zca[0-9]+(\.[0-9]+)?(e-?[0-9]+)?|jpegcopy|jpeg_q[0-9]+))?$'
 # Check every name before anything starts.
 for run in "${runs[@]}"; do
   if [ "$run" = bench ]; then
     [ ${#runs[@]} -eq 1 ] || { echo "bench runs alone, not with training runs" >&2; exit 2; }
   elif ! [[ $run =~ $run_pattern || $run =~ $vae_pattern || $run =~ $draw_pattern \
-             || $run =~ $dqn_pattern ]]; then
+             || $run =~ $dqn_pattern || $run =~ $atari_pattern ]]; then
     echo "unknown run '$run'; $usage" >&2; exit 2
   fi
 done
@@ -279,7 +288,22 @@ mnist_dir() {
   echo "$mnist"
 }
 
-# train_named NAME: a vae_mnist, draw_mnist or dqn_minatar run.
+# train_atari NAME: one seed of an Atari DQN, checkpointed every epoch.
+train_atari() {
+  local name=$1
+  [[ $name =~ $atari_pattern ]]
+  local game=${BASH_REMATCH[1]} variant=${BASH_REMATCH[2]} lr=${BASH_REMATCH[4]}
+  local seed=${BASH_REMATCH[7]} args=()
+  [ "$game" = space_invaders ] || variant="$variant,$game"
+  [ -z "$lr" ] || args+=(--config.optimizer.learning_rate="$lr")
+  XLA_PYTHON_CLIENT_MEM_FRACTION=$mem_fraction timeout "$budget" \
+    python3 train.py --config "configs/atari_dqn.py:$variant" --workdir "$work/$name" \
+      --config.seed="$seed" --config.checkpoint_every_epochs=1 "${args[@]}" $extra \
+      > "$logs/$name.log" 2>&1 &
+  pids+=($!)
+}
+
+# train_named NAME: a vae_mnist, draw_mnist, dqn_minatar or dqn_atari run.
 train_named() {
   local name=$1 mnist
   if [[ $name =~ $vae_pattern ]]; then
@@ -290,6 +314,8 @@ train_named() {
     mnist=$(mnist_dir) || return 3
     train_seeds "$name" "configs/mnist_draw.py:${BASH_REMATCH[1]}" "${BASH_REMATCH[2]}" \
       --config.data.folder="$mnist"
+  elif [[ $name =~ $atari_pattern ]]; then
+    train_atari "$name"
   else
     [[ $name =~ $dqn_pattern ]]
     local variant=${BASH_REMATCH[1]} lr=${BASH_REMATCH[3]} num_seeds=${BASH_REMATCH[6]}

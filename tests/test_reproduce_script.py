@@ -102,6 +102,8 @@ def _records(out, name, member=None):
     (["draw_mnist_bn_seeds2"], "unknown run"),
     (["dqn_minatar_wn_mobn_seeds2"], "unknown run"),
     (["dqn_minatar_wn_lr_seeds2"], "unknown run"),
+    (["dqn_atari_pong_wn_s0"], "unknown run"),
+    (["dqn_atari_breakout_wn_seeds2"], "unknown run"),
     ([], "usage"),
 ])
 def test_bad_run_names_are_refused_before_anything_starts(runs, message, tmp_path):
@@ -232,3 +234,21 @@ def test_dqn_runs_take_the_named_learning_rate_and_seeds(tmp_path):
   assert config["task"] == "dqn" and config["optimizer"]["learning_rate"] == 3e-4
   assert config["sweep"]["seed"] == [0, 1]
   assert [m["epoch"] for m in member if "test_return" in m] == [1]
+
+
+@pytest.mark.slow  # end-to-end script run
+@pytest.mark.skipif(__import__("importlib").util.find_spec("ale_py") is None,
+                    reason="needs the rl extra: pip install -e '.[test,rl]'")
+def test_atari_runs_take_the_named_game_learning_rate_and_seed(tmp_path):
+  tiny_atari = ("--config.env.max_steps_in_episode=100 --config.dqn.replay_capacity=200 "
+                "--config.dqn.replay_start=40 --config.dqn.init_states=20 "
+                "--config.dqn.env_steps_per_epoch=40 --config.dqn.test_env_steps=20 "
+                "--config.batch_size=4 --config.num_epochs=1")
+  name = "dqn_atari_breakout_normal_lr3e-4_s1"
+  result = _run_script([tmp_path / "out", name], tmp_path, EXTRA_ARGS=tiny_atari)
+  assert result.returncode == 0, result.stderr[-3000:]
+  config, records = _records(tmp_path / "out", name)
+  assert config["task"] == "dqn" and config["env"]["name"] == "breakout"
+  assert config["optimizer"]["learning_rate"] == 3e-4 and config["seed"] == 1
+  assert config["model"]["parameterization"] == "normal"
+  assert [m["epoch"] for m in records if "test_return" in m] == [1]
