@@ -168,9 +168,9 @@ def init_or_restore(config: ml_collections.ConfigDict, workdir: str, program: Pr
   else:
     start = time.perf_counter()
     state = jax.block_until_ready(program.init_fn(*program.init_args))
-    logging.info("Data-dependent init of %d member(s) on %d examples each: %.1f s "
-                 "(with compile).", len(program.members.configs), config.init_batch_size,
-                 time.perf_counter() - start)
+    logging.info("Init of %d member(s) (the task's init_variables, given an init batch "
+                 "of %d examples): %.1f s (with compile).", len(program.members.configs),
+                 config.init_batch_size, time.perf_counter() - start)
   return state, checkpoints, latest
 
 

@@ -286,6 +286,9 @@ def init_variables(config: ml_collections.ConfigDict, model: QNetwork, batch, rn
   data-dependent init for 'wn'), copy it to the target network."""
   del batch
   d = config.dqn
+  logging.info("DQN init: %d random-policy steps into the replay, then the network's init "
+               "on %d of their states (not the loop's init batch).", d.replay_start,
+               d.init_states)
   env, env_params = make_environment(config)
   reset_key, fill_key = jax.random.split(rngs["env"])
   observation, env_state = env.reset(reset_key, env_params)
