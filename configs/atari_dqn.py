@@ -25,6 +25,12 @@ Variants, comma-separated after the file name:
   data_init          'normal' with the data-dependent init (an ablation)
   breakout | enduro | seaquest
                      the game (default Space Invaders, Figure 5's)
+  short_epochs       epochs of 50,000 agent steps, each followed by a
+                     25,000-step test epoch, 1,000 of them: the same
+                     training (testing touches no training state, and
+                     exploration follows agent steps), tested 5x as often
+                     on a 5x shorter test, at the same test cost, and
+                     checkpointed 5x as often (for time-boxed sessions)
 
 Launch (a GPU job: see README, 'The DQN experiment'):
   python train.py --config configs/atari_dqn.py:wn --workdir runs/atari_wn
@@ -36,7 +42,7 @@ from configs.common import add_distributed_and_sweep, parse_variants
 from configs.minatar_dqn import PAPER_LEARNING_RATES
 
 GAMES = {"breakout": "breakout", "enduro": "enduro", "seaquest": "seaquest"}
-OPTIONS = ("lr1e-4", "lr3e-4", "data_init", *GAMES)
+OPTIONS = ("lr1e-4", "lr3e-4", "data_init", "short_epochs", *GAMES)
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -125,4 +131,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     raise ValueError(f"Pick one game, got {', '.join(games)}.")
   if games:
     config.env.name = GAMES[games[0]]
+  if "short_epochs" in variants:
+    config.dqn.env_steps_per_epoch //= 5
+    config.dqn.test_env_steps //= 5
+    config.num_epochs *= 5
+    config.log_norms_every_steps //= 5
   return config

@@ -34,11 +34,14 @@
 # or DQN on an Atari game (section 5.4 at the paper's scale,
 # configs/atari_dqn.py: 200 epochs of 250,000 agent steps, each followed by
 # a 125,000-step test epoch; ale-py from the rl extra):
-#   dqn_atari_<game>_<normal|wn|bn>[_lr<lr>]_s<seed>, game space_invaders |
-#     breakout | enduro | seaquest, e.g. dqn_atari_space_invaders_wn_s0
-#     (Figure 5) and dqn_atari_space_invaders_normal_s0; one seed a run, as
-#     the paper ran them; checkpointed every epoch, so a rerun with the same
-#     WORK_DIR resumes after the last whole epoch;
+#   dqn_atari_<game>_<normal|wn|bn>[_lr<lr>]_s<seed>[_short_epochs], game
+#     space_invaders | breakout | enduro | seaquest, e.g.
+#     dqn_atari_space_invaders_wn_s0 (Figure 5) and
+#     dqn_atari_space_invaders_normal_s0; one seed a run, as the paper ran
+#     them; checkpointed every epoch, so a rerun with the same WORK_DIR
+#     resumes after the last whole epoch. _short_epochs: epochs of 50,000
+#     agent steps (the same training, tested 5x as often on 25,000-step
+#     tests), so that a time-boxed session ends on a checkpoint;
 # or `bench`: folded vs unfolded eval time, sweep throughput against
 # members (fp32, bf16) at full width, and one member against PyTorch (eager
 # and torch.compile max-autotune).
@@ -99,7 +102,7 @@
 # installed first if present.
 set -euo pipefail
 
-usage="usage: reproduce_gpu.sh OUT_DIR RUN [RUN ...] (RUN: <parameterization>_lr<lr>_s<seed>[_<change>], vae_mnist_<parameterization>_seeds<N>, draw_mnist_<normal|wn>_seeds<N>, dqn_minatar_<normal|wn|bn>[_lr<lr>]_seeds<N>, dqn_atari_<game>_<normal|wn|bn>[_lr<lr>]_s<seed> or bench) | reproduce_gpu.sh stage PART"
+usage="usage: reproduce_gpu.sh OUT_DIR RUN [RUN ...] (RUN: <parameterization>_lr<lr>_s<seed>[_<change>], vae_mnist_<parameterization>_seeds<N>, draw_mnist_<normal|wn>_seeds<N>, dqn_minatar_<normal|wn|bn>[_lr<lr>]_seeds<N>, dqn_atari_<game>_<normal|wn|bn>[_lr<lr>]_s<seed>[_short_epochs] or bench) | reproduce_gpu.sh stage PART"
 stage_dir=${STAGE_DIR:-/tmp/wn_jax_stage}
 data_root=${DATA_ROOT:-/tmp/wn_jax_data}
 # sha256 of the original cifar-10-python.tar.xz, joined from its parts.
@@ -125,7 +128,7 @@ runs=("$@")
 vae_pattern='^vae_mnist_(normal|bn|mobn|wn|wn_mobn)_seeds([1-9][0-9]*)$'
 draw_pattern='^draw_mnist_(normal|wn)_seeds([1-9][0-9]*)$'
 dqn_pattern='^dqn_minatar_(normal|wn|bn)(_lr([0-9]+(\.[0-9]+)?(e-?[0-9]+)?))?_seeds([1-9][0-9]*)$'
-atari_pattern='^dqn_atari_(space_invaders|breakout|enduro|seaquest)_(normal|wn|bn)(_lr([0-9]+(\.[0-9]+)?(e-?[0-9]+)?))?_s([0-9]+)$'
+atari_pattern='^dqn_atari_(space_invaders|breakout|enduro|seaquest)_(normal|wn|bn)(_lr([0-9]+(\.[0-9]+)?(e-?[0-9]+)?))?_s([0-9]+)(_short_epochs)?$'
 run_pattern='^(normal|bn|mobn|wn|wn_mobn)_lr([0-9]+(\.[0-9]+)?(e-?[0-9]+)?)_s([0-9]+)(_(precision_highest|zca[0-9]+(\.[0-9]+)?(e-?[0-9]+)?|jpegcopy|jpeg_q[0-9]+))?$'
 # Check every name before anything starts.
 for run in "${runs[@]}"; do
@@ -293,8 +296,9 @@ train_atari() {
   local name=$1
   [[ $name =~ $atari_pattern ]]
   local game=${BASH_REMATCH[1]} variant=${BASH_REMATCH[2]} lr=${BASH_REMATCH[4]}
-  local seed=${BASH_REMATCH[7]} args=()
+  local seed=${BASH_REMATCH[7]} short=${BASH_REMATCH[8]} args=()
   [ "$game" = space_invaders ] || variant="$variant,$game"
+  [ -z "$short" ] || variant="$variant,short_epochs"
   [ -z "$lr" ] || args+=(--config.optimizer.learning_rate="$lr")
   XLA_PYTHON_CLIENT_MEM_FRACTION=$mem_fraction timeout "$budget" \
     python3 train.py --config "configs/atari_dqn.py:$variant" --workdir "$work/$name" \

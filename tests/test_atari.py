@@ -121,6 +121,15 @@ def test_atari_config_errors_name_the_key():
     atari_dqn.get_config("breakout,seaquest")
 
 
+def test_atari_short_epochs_train_the_same_steps_tested_more_often():
+  paper, short = atari_dqn.get_config("wn"), atari_dqn.get_config("wn,short_epochs")
+  assert short.dqn.env_steps_per_epoch * 5 == paper.dqn.env_steps_per_epoch == 250_000
+  assert short.num_epochs * short.dqn.env_steps_per_epoch == 50_000_000
+  assert short.dqn.test_env_steps / short.dqn.env_steps_per_epoch == 0.5
+  differing = {k for k in paper.dqn if paper.dqn[k] != short.dqn[k]}
+  assert differing == {"env_steps_per_epoch", "test_env_steps"}
+
+
 # ---------------------------------------------------------------------------
 # The environment.
 

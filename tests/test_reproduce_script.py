@@ -243,8 +243,8 @@ def test_atari_runs_take_the_named_game_learning_rate_and_seed(tmp_path):
   tiny_atari = ("--config.env.max_steps_in_episode=100 --config.dqn.replay_capacity=200 "
                 "--config.dqn.replay_start=40 --config.dqn.init_states=20 "
                 "--config.dqn.env_steps_per_epoch=40 --config.dqn.test_env_steps=20 "
-                "--config.batch_size=4 --config.num_epochs=1")
-  name = "dqn_atari_breakout_normal_lr3e-4_s1"
+                "--config.batch_size=4 --config.num_epochs=1 --config.log_norms_every_steps=5")
+  name = "dqn_atari_breakout_normal_lr3e-4_s1_short_epochs"
   result = _run_script([tmp_path / "out", name], tmp_path, EXTRA_ARGS=tiny_atari)
   assert result.returncode == 0, result.stderr[-3000:]
   config, records = _records(tmp_path / "out", name)
@@ -252,3 +252,4 @@ def test_atari_runs_take_the_named_game_learning_rate_and_seed(tmp_path):
   assert config["optimizer"]["learning_rate"] == 3e-4 and config["seed"] == 1
   assert config["model"]["parameterization"] == "normal"
   assert [m["epoch"] for m in records if "test_return" in m] == [1]
+
