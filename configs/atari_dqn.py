@@ -39,7 +39,7 @@ Launch (a GPU job: see README, 'The DQN experiment'):
 import ml_collections
 
 from configs.common import add_distributed_and_sweep, parse_variants
-from configs.minatar_dqn import PAPER_LEARNING_RATES
+from configs.minatar_dqn import PAPER_LEARNING_RATES, dqn_optimizer
 
 GAMES = {"breakout": "breakout", "enduro": "enduro", "seaquest": "seaquest"}
 OPTIONS = ("lr1e-4", "lr3e-4", "data_init", "short_epochs", *GAMES)
@@ -95,11 +95,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.dqn.test_env_steps = 125_000  # [C] STEPS_PER_TEST
   config.dqn.test_epsilon = 0.05  # [C] EPSILON_TEST
 
-  config.optimizer = ml_collections.ConfigDict()
-  config.optimizer.learning_rate = PAPER_LEARNING_RATES[parameterization]
-  config.optimizer.b1 = 0.5  # [P] "Adamax with momentum 0.5"
-  config.optimizer.b2 = 0.999  # not stated [P]: Kingma & Ba's default
-  config.optimizer.eps = 1e-8
+  config.optimizer = dqn_optimizer(parameterization, variants)
 
   config.ema_decay = 0.0
   config.ema_epochs = 0.0
@@ -120,12 +116,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.keep_checkpoints = 2
   add_distributed_and_sweep(config)
 
-  if "lr1e-4" in variants and "lr3e-4" in variants:
-    raise ValueError("Pick one learning rate variant, got lr1e-4 and lr3e-4.")
-  if "lr1e-4" in variants:
-    config.optimizer.learning_rate = 1e-4
-  if "lr3e-4" in variants:
-    config.optimizer.learning_rate = 3e-4
   games = [g for g in GAMES if g in variants]
   if len(games) > 1:
     raise ValueError(f"Pick one game, got {', '.join(games)}.")

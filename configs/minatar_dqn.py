@@ -36,6 +36,24 @@ OPTIONS = ("lr1e-4", "lr3e-4", "data_init", "breakout", "quick")
 PAPER_LEARNING_RATES = {"normal": 1e-4, "wn": 3e-4, "bn": 1e-4}  # [P] section 5.4
 
 
+def dqn_optimizer(parameterization: str, variants: list[str]) -> ml_collections.ConfigDict:
+  """Adamax as the paper ran the DQN (both DQN configs), at the paper's
+  learning rate for `parameterization` unless `lr1e-4` / `lr3e-4` says
+  otherwise."""
+  if "lr1e-4" in variants and "lr3e-4" in variants:
+    raise ValueError("Pick one learning rate variant, got lr1e-4 and lr3e-4.")
+  optimizer = ml_collections.ConfigDict()
+  optimizer.learning_rate = PAPER_LEARNING_RATES[parameterization]
+  if "lr1e-4" in variants:
+    optimizer.learning_rate = 1e-4
+  if "lr3e-4" in variants:
+    optimizer.learning_rate = 3e-4
+  optimizer.b1 = 0.5  # [P] "Adamax with momentum 0.5"
+  optimizer.b2 = 0.999  # not stated [P]: Kingma & Ba's default
+  optimizer.eps = 1e-8
+  return optimizer
+
+
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   """Returns the config; `arg` is a comma-separated list of variants."""
   variants, parameterization = parse_variants(arg, OPTIONS, "configs/minatar_dqn.py:normal,quick")
@@ -86,11 +104,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.dqn.test_env_steps = 0  # 0: each test slot plays one whole episode
   config.dqn.test_epsilon = 0.05
 
-  config.optimizer = ml_collections.ConfigDict()
-  config.optimizer.learning_rate = PAPER_LEARNING_RATES[parameterization]
-  config.optimizer.b1 = 0.5  # [P] "Adamax with momentum 0.5"
-  config.optimizer.b2 = 0.999  # not stated [P]: Kingma & Ba's default
-  config.optimizer.eps = 1e-8
+  config.optimizer = dqn_optimizer(parameterization, variants)
 
   config.ema_decay = 0.0
   config.ema_epochs = 0.0
@@ -111,12 +125,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.keep_checkpoints = 2
   add_distributed_and_sweep(config)
 
-  if "lr1e-4" in variants and "lr3e-4" in variants:
-    raise ValueError("Pick one learning rate variant, got lr1e-4 and lr3e-4.")
-  if "lr1e-4" in variants:
-    config.optimizer.learning_rate = 1e-4
-  if "lr3e-4" in variants:
-    config.optimizer.learning_rate = 3e-4
   if "breakout" in variants:
     config.env.name = "Breakout-MinAtar"
   if "quick" in variants:
