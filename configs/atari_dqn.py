@@ -39,7 +39,7 @@ Launch (a GPU job: see README, 'The DQN experiment'):
 import ml_collections
 
 from configs.common import add_distributed_and_sweep, parse_variants
-from configs.minatar_dqn import PAPER_LEARNING_RATES, dqn_optimizer
+from configs.minatar_dqn import PAPER_LEARNING_RATES, dqn_model, dqn_optimizer
 
 GAMES = {"breakout": "breakout", "enduro": "enduro", "seaquest": "seaquest"}
 OPTIONS = ("lr1e-4", "lr3e-4", "data_init", "short_epochs", *GAMES)
@@ -63,17 +63,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.env.noop_max = 30  # [C] MAX_START_NULLOPS
   config.env.max_steps_in_episode = 27_000  # 108,000 frames [I: ale-py v5's cap]
 
-  config.model = ml_collections.ConfigDict()
-  config.model.parameterization = parameterization
-  config.model.torso = "nature"  # [C] nature_dnn
-  # WN: the data-dependent init on replay states [P]; normal: deep_q_rl's
-  # uniform init and biases 0.1 [C]; bn: never data-initialised.
-  config.model.data_init = parameterization == "wn" or "data_init" in variants
-  config.model.init_scale = 1.0
-  config.model.init_order = "sequential"
-  config.model.bn_momentum = 0.9
-  config.model.bn_epsilon = 1e-6
-  config.model.conv_weight_grad = "xla"
+  config.model = dqn_model(parameterization, variants, torso="nature")  # [C] nature_dnn
   config.matmul_precision = "default"
 
   config.dqn = ml_collections.ConfigDict()

@@ -54,6 +54,23 @@ def dqn_optimizer(parameterization: str, variants: list[str]) -> ml_collections.
   return optimizer
 
 
+def dqn_model(parameterization: str, variants: list[str], torso: str
+              ) -> ml_collections.ConfigDict:
+  """The Q-network's section of both DQN configs (`models.dqn.QNetwork`)."""
+  model = ml_collections.ConfigDict()
+  model.parameterization = parameterization
+  model.torso = torso
+  # WN: the data-dependent init on replay states [P]; normal: deep_q_rl's
+  # uniform init and biases 0.1 [C]; bn: never data-initialised.
+  model.data_init = parameterization == "wn" or "data_init" in variants
+  model.init_scale = 1.0
+  model.init_order = "sequential"
+  model.bn_momentum = 0.9
+  model.bn_epsilon = 1e-6
+  model.conv_weight_grad = "xla"
+  return model
+
+
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   """Returns the config; `arg` is a comma-separated list of variants."""
   variants, parameterization = parse_variants(arg, OPTIONS, "configs/minatar_dqn.py:normal,quick")
@@ -70,16 +87,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.env.name = "SpaceInvaders-MinAtar"
   config.env.max_steps_in_episode = 10_000  # gymnax's default 1,000 [I]
 
-  config.model = ml_collections.ConfigDict()
-  config.model.parameterization = parameterization
-  config.model.torso = "minatar"
-  # WN: the data-dependent init on replay states [P]; normal: deep_q_rl's
-  # uniform init and biases 0.1 [C]; bn: never data-initialised.
-  config.model.data_init = parameterization == "wn" or "data_init" in variants
-  config.model.init_scale = 1.0
-  config.model.init_order = "sequential"
-  config.model.bn_momentum = 0.9
-  config.model.bn_epsilon = 1e-6
+  config.model = dqn_model(parameterization, variants, torso="minatar")
   # 'xla': measured faster here than 'per_tap' for this small conv (300 vs
   # 262 updates/s, one thread, load ~5).
   config.model.conv_weight_grad = "xla"
