@@ -1,5 +1,6 @@
-"""Tests of `benchmarks/step_time.py`: the report's numbers are consistent with
-each other and the analytic FLOP count equals a hand count."""
+"""Tests of `benchmarks/step_time.py` and `benchmarks/atari_step_time.py`: the
+reports' numbers are consistent with each other and the analytic FLOP count
+equals a hand count."""
 
 import json
 import os
@@ -98,3 +99,23 @@ def test_analytic_flops_match_a_hand_count(parameterization):
   assert flops["num_layers"] == 10
   assert flops["forward"] == 3_432_048  # 2 * 1716024
   assert flops["train_step"] == 9_964_368  # 3 * 3432048 - 2 * 165888
+
+
+@pytest.mark.slow  # compiles the Nature network's DQN step
+@pytest.mark.skipif(__import__("importlib").util.find_spec("ale_py") is None,
+                    reason="needs the rl extra: pip install -e '.[test,rl]'")
+def test_atari_step_time_report_is_consistent(capsys, tmp_path):
+  import atari_step_time  # noqa: PLC0415
+  result = atari_step_time.main(
+      ["--updates", "2", "--test-steps", "20", "--emulator-steps", "20", "--reps", "2",
+       "--replay-start", "100", "--replay-capacity", "300", "--batch-size", "8",
+       "--json", str(tmp_path / "atari.json")])
+  table = capsys.readouterr().out
+  update_s = statistics.median(result["update_s"])
+  agent_steps = _number(_table_row(table, "training: agent steps/s")[1])
+  assert agent_steps == pytest.approx(4 / update_s, rel=1e-3, abs=0.06)
+  assert _number(_table_row(table, "training: frames/s")[1]) == pytest.approx(
+      4 * agent_steps, rel=1e-3, abs=0.06)
+  hours = 200 * (250_000 * update_s / 4 + 125_000 * statistics.median(result["test_s"])) / 3600
+  assert result["paper_hours"] == pytest.approx(hours, rel=1e-9)
+  assert json.load(open(tmp_path / "atari.json"))["paper_hours"] == result["paper_hours"]
