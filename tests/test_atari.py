@@ -117,6 +117,10 @@ def test_atari_config_errors_name_the_key():
   config.dqn.replay_capacity, config.dqn.replay_start, config.dqn.init_states = 4, 3, 2
   with pytest.raises(ValueError, match="replay_capacity=4 must exceed"):
     config_checks.validate_config(config, num_devices=1)
+  config = minatar_dqn.get_config("wn")
+  config.dqn.life_loss_terminal = True
+  with pytest.raises(ValueError, match="life_loss_terminal needs an environment with lives"):
+    config_checks.validate_config(config, num_devices=1)
   with pytest.raises(ValueError, match="one game"):
     atari_dqn.get_config("breakout,seaquest")
 

@@ -7,9 +7,10 @@ One training step of the loop is one DQN update, and everything it needs
 happens inside the jitted step: `dqn.env_steps_per_update` (4) steps of the
 epsilon-greedy agent in the environment (auto-resetting), each transition
 written to the replay (`wn_jax.data.replay`, a ring buffer of device
-arrays: whole transitions for MinAtar, one frame per step for Atari), then one Adamax step on the Huber TD loss of a uniform
-minibatch (`q_learning_td_error`, `optax.losses.huber_loss`) against the
-target network, which is the online network copied every
+arrays: whole transitions for MinAtar, one frame per step for Atari), then
+one Adamax step on the Huber TD loss of a uniform minibatch
+(`q_learning_td_error`, `optax.losses.huber_loss`) against the target
+network, which is the online network copied every
 `dqn.target_period_updates` updates (before the update whose index is a
 multiple of it, deep_q_rl's order). The environment's state, the replay,
 the target network and the counters live in the model state's 'dqn'
@@ -147,6 +148,9 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   if d.test_env_steps < 0:
     raise ValueError(f"config.dqn.test_env_steps must be >= 0 (0 = whole episodes), got "
                      f"{d.test_env_steps!r}.")
+  if d.life_loss_terminal and config.env.suite != "ale":
+    raise ValueError("config.dqn.life_loss_terminal needs an environment with lives "
+                     f"(config.env.suite 'ale'), got {config.env.suite!r}.")
   if config.env.suite == "ale":
     if config.env.frame_skip < 1 or config.env.noop_max < 0:
       raise ValueError("config.env.frame_skip must be >= 1 and config.env.noop_max >= 0, "
