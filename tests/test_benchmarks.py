@@ -115,7 +115,7 @@ def test_atari_step_time_report_is_consistent(capsys, tmp_path):
   agent_steps = _number(_table_row(table, "training: agent steps/s")[1])
   assert agent_steps == pytest.approx(4 / update_s, rel=1e-3, abs=0.06)
   assert _number(_table_row(table, "training: frames/s")[1]) == pytest.approx(
-      4 * agent_steps, rel=1e-3, abs=0.06)
+      16 / update_s, rel=1e-3, abs=0.06)
   hours = 200 * (250_000 * update_s / 4 + 125_000 * statistics.median(result["test_s"])) / 3600
   assert result["paper_hours"] == pytest.approx(hours, rel=1e-9)
   assert json.load(open(tmp_path / "atari.json"))["paper_hours"] == result["paper_hours"]
