@@ -30,7 +30,7 @@ Variants, comma-separated after the file name:
                      training (testing touches no training state, and
                      exploration follows agent steps), tested 5x as often
                      on a 5x shorter test, at the same test cost, and
-                     checkpointed 5x as often (for time-boxed sessions)
+                     checkpointed 5x as often (for jobs with a time limit)
 
 Launch (a GPU job: see README, 'The DQN experiment'):
   python train.py --config configs/atari_dqn.py:wn --workdir runs/atari_wn

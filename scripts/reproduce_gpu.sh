@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Full-scale runs of the paper's CIFAR-10 table (200 epochs) on one GPU, on
 # the original CIFAR-10 (the authors' input), named, so that a time-boxed
-# GPU session runs exactly what finishes in it.
+# GPU job runs exactly what finishes in it.
 #
 #   bash scripts/reproduce_gpu.sh stage PART     # once per part, see below
 #   bash scripts/reproduce_gpu.sh OUT_DIR RUN [RUN ...]
@@ -41,7 +41,7 @@
 #     them; checkpointed every epoch, so a rerun with the same WORK_DIR
 #     resumes after the last whole epoch. _short_epochs: epochs of 50,000
 #     agent steps (the same training, tested 5x as often on 25,000-step
-#     tests), so that a time-boxed session ends on a checkpoint;
+#     tests), so that a job with a time limit ends on a checkpoint;
 # or `bench`: folded vs unfolded eval time, sweep throughput against
 # members (fp32, bf16) at full width, and one member against PyTorch (eager
 # and torch.compile max-autotune).

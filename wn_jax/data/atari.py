@@ -38,7 +38,7 @@ install -e '.[rl]'`).
 from __future__ import annotations
 
 import functools
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -267,8 +267,3 @@ class AtariEnvironment:
             "terminated": game_over, "truncated": truncated}
     return frames, new_state, reward, game_over, truncated, info
 
-
-def game_info(env: AtariEnvironment) -> dict[str, Any]:
-  """What the logs say of a game: its actions' names."""
-  emulator = _emulator(env.game, env.frame_skip)
-  return {"actions": [a.name for a in emulator.actions]}
