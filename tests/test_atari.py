@@ -270,3 +270,22 @@ def test_atari_runs_both_parameterizations_and_resumes_to_the_uninterrupted_resu
   for a, b in zip(jax.tree.leaves(straight), jax.tree.leaves(resumed)):
     np.testing.assert_array_equal(a, b)
   assert read_records(tmp_path / "resumed") == read_records(tmp_path / "straight")
+
+
+@needs_ale
+def test_ale_grayscale_is_deep_q_rl_conversion_of_the_rgb_screen():
+  """deep_q_rl took OpenCV's RGB2GRAY of the RGB screen; ALE's grayscale
+  screen (ours) equals its rounded 0.299 R + 0.587 G + 0.114 B."""
+  import ale_py  # noqa: PLC0415
+  ale = ale_py.ALEInterface()
+  ale.setLoggerMode(ale_py.LoggerMode.Error)
+  for game in ("space_invaders", "breakout", "seaquest", "enduro"):
+    ale.loadROM(ale_py.roms.get_rom_path(game))
+    actions = ale.getMinimalActionSet()
+    rng = np.random.default_rng(0)
+    for i in range(400):
+      ale.act(actions[rng.integers(len(actions))])
+      if i % 20 == 0:
+        rgb = ale.getScreenRGB().astype(np.float64)
+        expected = np.round(rgb @ np.array([0.299, 0.587, 0.114]))
+        np.testing.assert_array_equal(ale.getScreenGrayscale(), expected)
