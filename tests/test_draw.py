@@ -125,6 +125,33 @@ def test_no_shuffling_visits_the_same_batches_in_file_order_every_epoch():
   assert not np.array_equal(np.sort(shuffled[0].ravel()), shuffled[0].ravel())
 
 
+@pytest.mark.parametrize("variant, g_start", [("wn", "one"), ("wn,g_one", "one"),
+                                              ("wn,g_norm", "norm")])
+def test_every_g_of_the_built_model_starts_where_the_config_says(variant, g_start):
+  """Every g of DRAW (both LSTMs' input and recurrent g, and the five dense
+  maps) is 1 under 'one' and ||v|| under 'norm'; v is the N(0, 0.01^2) draw."""
+  config = mnist_draw.get_config(variant)
+  config.model.update(glimpses=2, encoder_units=6, decoder_units=5, latent=2, write_n=3)
+  assert config.model.g_start == g_start
+  model = draw.create_model(config, {"image_shape": (8, 8)})
+  params = draw.init_variables(
+      config, model, {"images": _images()}, {"params": jax.random.key(0)})["params"]
+  step = params["step"]
+  dense = ("posterior_mean", "posterior_log_std", "read_attention", "write_attention",
+           "write_patch")
+  pairs = [(step[name]["linear"]["v"], step[name]["linear"]["g"]) for name in dense]
+  for cell in ("encoder", "decoder"):
+    pairs += [(step[cell]["v"], step[cell]["g"]),
+              (step[cell]["recurrent_v"], step[cell]["recurrent_g"])]
+  assert len(pairs) == 9
+  for v, g in pairs:
+    norm = np.sqrt(np.sum(np.square(np.asarray(v)), axis=0))
+    np.testing.assert_allclose(g, np.ones_like(norm) if g_start == "one" else norm,
+                               rtol=1e-5)
+  every_v = np.concatenate([np.ravel(v) for v, _ in pairs])
+  assert np.std(every_v) == pytest.approx(0.01, rel=0.15)
+
+
 def test_draw_config_errors_name_the_key(tiny_mnist):
   with pytest.raises(ValueError, match="batch norm does not apply"):
     mnist_draw.get_config("bn")

@@ -363,3 +363,31 @@ def test_the_config_init_order_reaches_the_model():
   config.model.init_order = "backwards"
   with pytest.raises(ValueError, match="Unknown init_order 'backwards'; valid ones are"):
     config_checks.validate_config(config, num_devices=1)
+
+
+@pytest.mark.parametrize("g_start", ["norm", "one"])
+def test_g_start_sets_g_without_the_data_init_in_linen_and_nnx(g_start):
+  from flax import nnx
+
+  from wn_jax import nnx as wnx
+  x = jnp.ones((2, 3))
+  linen = wn_jax.WNDense(4, data_init=False, g_start=g_start).init(jax.random.key(0), x)
+  twin = wnx.WeightNorm(nnx.Linear(3, 4, rngs=nnx.Rngs(0)), g_start=g_start,
+                        rngs=nnx.Rngs(1))
+  for v, g in ((linen["params"]["v"], linen["params"]["g"]), (twin.v[...], twin.g[...])):
+    norm = np.sqrt(np.sum(np.square(np.asarray(v)), axis=0))
+    np.testing.assert_allclose(g, norm if g_start == "norm" else np.ones(4), rtol=1e-6)
+  with pytest.raises(ValueError, match="g_start must be one of"):
+    wn_jax.WNDense(4, data_init=False, g_start="zero").init(jax.random.key(0), x)
+  with pytest.raises(ValueError, match="g_start must be one of"):
+    wnx.WeightNorm(nnx.Linear(3, 4, rngs=nnx.Rngs(0)), g_start="zero", rngs=nnx.Rngs(1))
+
+
+def test_the_norm_log_has_every_g_of_an_lstm_cell():
+  from wn_jax import steps
+  params = wn_jax.layers.LSTMCell(3).init(jax.random.key(0), (jnp.zeros((1, 3)),) * 2,
+                                          jnp.zeros((1, 2)))["params"]
+  stats = steps.weight_norm_stats({"cell": params})
+  assert set(stats) == {"cell/v_norm", "cell/g_over_v_norm", "cell/recurrent_v_norm",
+                        "cell/recurrent_g_over_v_norm"}
+  np.testing.assert_allclose(stats["cell/recurrent_g_over_v_norm"], 1.0, rtol=1e-5)

@@ -313,6 +313,28 @@ def data_init_scale_and_bias(
   return scale, -mean * scale
 
 
+# Where g starts without the data-dependent init: 'norm' (g = ||v||, so
+# w = v: the layer starts as the plain layer with kernel v; the authors'
+# Keras wrapper) or 'one' (g = 1: every unit's w has norm 1; the default of
+# the authors' Lasagne WeightNormLayer).
+G_STARTS = ("norm", "one")
+
+
+def check_g_start(g_start: str) -> None:
+  """Raises ValueError naming the valid choices for an unknown g start."""
+  if g_start not in G_STARTS:
+    raise ValueError(f"g_start must be one of {G_STARTS}, got {g_start!r}.")
+
+
+def start_scale(norm: Array, g_start: str) -> Array:
+  """g's start without the data-dependent init, float32 of norm's shape:
+  ||v|| itself ('norm') or ones ('one'); `norm` is `direction_norm(v)`
+  reshaped to the feature shape."""
+  check_g_start(g_start)
+  norm = norm.astype(jnp.float32)
+  return norm if g_start == "norm" else jnp.ones_like(norm)
+
+
 def canonical_axes(axes: int | Sequence[int], ndim: int) -> tuple[int, ...]:
   """Kernel feature axes as sorted non-negative ints; ValueError if invalid."""
   axes = (axes,) if isinstance(axes, int) else tuple(axes)

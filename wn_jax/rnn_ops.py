@@ -23,20 +23,24 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from wn_jax.ops import NORM_EPSILON, direction_norm, weight_normalized_kernel
+from wn_jax.ops import (
+  NORM_EPSILON,
+  check_g_start,
+  direction_norm,
+  start_scale,
+  weight_normalized_kernel,
+)
 
 Array = jax.Array
 
 NORMALIZATIONS = ("separate", "joint")
-G_STARTS = ("norm", "one")
 GATES = ("input", "forget", "cell", "output")
 
 
 def check_lstm_options(normalization: str, g_start: str) -> None:
   if normalization not in NORMALIZATIONS:
     raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {normalization!r}.")
-  if g_start not in G_STARTS:
-    raise ValueError(f"g_start must be one of {G_STARTS}, got {g_start!r}.")
+  check_g_start(g_start)
 
 
 def start_scales(v_x: Array, v_h: Array, normalization: str, g_start: str
@@ -46,12 +50,8 @@ def start_scales(v_x: Array, v_h: Array, normalization: str, g_start: str
   Returns (g [4H], recurrent_g [4H] or None for 'joint')."""
   if normalization == "joint":
     v = jnp.concatenate([v_x, v_h], axis=0)
-    g = direction_norm(v)[0] if g_start == "norm" else jnp.ones(v.shape[-1], jnp.float32)
-    return g, None
-  if g_start == "one":
-    ones = jnp.ones(v_x.shape[-1], jnp.float32)
-    return ones, ones
-  return direction_norm(v_x)[0], direction_norm(v_h)[0]
+    return start_scale(direction_norm(v)[0], g_start), None
+  return start_scale(direction_norm(v_x)[0], g_start), start_scale(direction_norm(v_h)[0], g_start)
 
 
 def lstm_kernels(v_x: Array, v_h: Array, g: Array, recurrent_g: Array | None,

@@ -168,22 +168,26 @@ def eval_step(state: TrainState, batch: PyTree, mask: Array, key: Array, *,
 
 
 def weight_norm_stats(params: PyTree) -> dict[str, Array]:
-  """Mean ||v|| and mean g/||v|| (effective scale) of every WN layer.
+  """Mean ||v|| and mean g/||v|| (effective scale) of every WN weight.
 
-  A cheap on-device reduction over the params: returns two scalars per
-  layer, keyed '<layer path>/v_norm' and '<layer path>/g_over_v_norm'.
+  A cheap on-device reduction over the params: two scalars per direction
+  `v` with its scale `g` beside it, keyed '<layer path>/v_norm' and
+  '<layer path>/g_over_v_norm'; an LSTM cell's recurrent pair
+  (`recurrent_v`, `recurrent_g`) adds '<layer path>/recurrent_v_norm' and
+  '<layer path>/recurrent_g_over_v_norm'.
   """
   stats = {}
   flat = {tuple(str(getattr(k, "key", k)) for k in path): leaf
           for path, leaf in jax.tree_util.tree_leaves_with_path(params)}
   for path, v in flat.items():
-    if path[-1] != "v" or path[:-1] + ("g",) not in flat:
+    prefix = path[-1][:-1]  # '' for v, 'recurrent_' for recurrent_v
+    if path[-1] not in ("v", "recurrent_v") or path[:-1] + (prefix + "g",) not in flat:
       continue
-    g = flat[path[:-1] + ("g",)]
+    g = flat[path[:-1] + (prefix + "g",)]
     norm = jnp.sqrt(jnp.sum(jnp.square(v), axis=tuple(range(v.ndim - 1))))
     name = "/".join(path[:-1])
-    stats[f"{name}/v_norm"] = jnp.mean(norm)
-    stats[f"{name}/g_over_v_norm"] = jnp.mean(g / norm)
+    stats[f"{name}/{prefix}v_norm"] = jnp.mean(norm)
+    stats[f"{name}/{prefix}g_over_v_norm"] = jnp.mean(g / norm)
   return stats
 
 

@@ -106,6 +106,8 @@ def _parameterized(
                   init_order=parent.init_order)
   if parent.kernel_init is not None:
     kwargs.update({"v_init" if weight_norm else "kernel_init": parent.kernel_init})
+  if weight_norm:
+    kwargs.update(g_start=parent.g_start)
   if conv:
     layer = WNConv if weight_norm else PlainConv
   else:
@@ -147,6 +149,8 @@ class NormalizedConv(nn.Module):
   `kernel_init`: the init of the kernel (`normal`, `mobn`, `bn`) or of `v`
   (`wn`, `wn_mobn`); None keeps each kind's default (Glorot uniform,
   N(0, 0.05)).
+  `g_start`: where `g` starts without the data init ('norm' = ||v|| or
+  'one'; `WeightNorm`); used by `wn` and `wn_mobn` only.
   Call as `layer(x, train=...)`; `train` selects batch vs running statistics.
   Input `[batch, height, width, in]`, output `[batch, h', w', features]`.
   """
@@ -163,6 +167,7 @@ class NormalizedConv(nn.Module):
   bn_epsilon: float = 1e-6
   dtype: Dtype = jnp.float32
   kernel_init: Any = None
+  g_start: str = "norm"
 
   @nn.compact
   def __call__(self, x: Array, *, train: bool) -> Array:
@@ -193,6 +198,7 @@ class NormalizedDense(nn.Module):
   dtype: Dtype = jnp.float32
   mask_degrees: MaskDegrees | None = None
   kernel_init: Any = None
+  g_start: str = "norm"
 
   @nn.compact
   def __call__(self, x: Array, *, train: bool) -> Array:

@@ -22,8 +22,10 @@ from wn_jax.ops import (
   NORM_EPSILON,
   canonical_axes,
   check_einsum_feature_layout,
+  check_g_start,
   direction_norm,
   einsum_kernel_and_output,
+  start_scale,
   weight_normalized_kernel,
 )
 
@@ -97,7 +99,8 @@ class WeightNorm(nn.Module):
   the statistics over every output axis but the feature axes (batch and
   spatial; global under jit with a sharded batch, averaged over `axis_name`
   inside shard_map/pmap). It then returns g t + b, reusing t: the init costs
-  one forward pass. `data_init=False`: g = ||v||, b = 0, so w = v at start.
+  one forward pass. `data_init=False`: b = 0 and g starts at `g_start`:
+  ||v|| ('norm', the default: w = v at start) or 1 ('one').
 
   `init_order` says what a layer passes on during a data-dependent init:
     'sequential' (the authors' code): its initialised output g t + b, so
@@ -121,6 +124,10 @@ class WeightNorm(nn.Module):
     use_bias: add b; None = the wrapped layer's own `use_bias`.
     init_scale: std of every unit's pre-activation after the init.
     data_init: True: `model.init` is the data-dependent init.
+    g_start: g's start without the data-dependent init (`data_init=False`):
+      'norm' (g = ||v||, so w = v: the plain layer's start, as the authors'
+      Keras wrapper) or 'one' (g = 1, every unit's w of norm 1, the default
+      of the authors' Lasagne WeightNormLayer). Unused with the data init.
     init_order: 'sequential' or 'independent', see above.
     epsilon: added to var[t] in the init (a constant unit gets g =
       init_scale/sqrt(epsilon), finite). 1e-8 as in the authors' code.
@@ -141,6 +148,7 @@ class WeightNorm(nn.Module):
   epsilon: float = 1e-8
   norm_epsilon: float = NORM_EPSILON
   v_init: Initializer | None = None
+  g_start: str = "norm"
   kernel_name: str = "kernel"
   param_dtype: Dtype = jnp.float32
   axis_name: str | None = None
@@ -148,6 +156,7 @@ class WeightNorm(nn.Module):
   @nn.compact
   def __call__(self, *args, **kwargs) -> Array:
     check_init_order(self.init_order)
+    check_g_start(self.g_start)
     updates = {"use_bias": False} if hasattr(self.layer, "use_bias") else {}
     layer = self.layer.clone(parent=None, **updates)
     use_bias = (self.use_bias if self.use_bias is not None
@@ -187,7 +196,7 @@ class WeightNorm(nn.Module):
       g_init, b_init = data_init_scale_and_bias(
           t, self.init_scale, self.epsilon, self.axis_name, len(feature_shape))
     else:
-      g_init = norm_features
+      g_init = start_scale(norm_features, self.g_start)
       b_init = jnp.zeros(feature_shape, jnp.float32)
 
     g = self.param("g", lambda *_: g_init.astype(self.param_dtype), feature_shape)

@@ -37,7 +37,7 @@ class _WeightNormOf(nn.Module):
         self._layer(), feature_axes=-1, use_bias=self.use_bias,
         init_scale=self.init_scale, data_init=self.data_init,
         init_order=self.init_order, epsilon=self.epsilon,
-        norm_epsilon=self.norm_epsilon, v_init=self._v_init(),
+        norm_epsilon=self.norm_epsilon, v_init=self._v_init(), g_start=self.g_start,
         param_dtype=self.param_dtype, axis_name=self.axis_name)
     nn.share_scope(self, self.weight_norm)
 
@@ -61,7 +61,9 @@ class WNDense(_WeightNormOf):
     init_scale: std of each unit's pre-activation after the data-dependent
       init (paper section 2.2).
     data_init: True: `model.init` is the data-dependent init. False:
-      `g = ||v||`, `b = 0`, so `w = v` at start.
+      `b = 0` and `g` starts at `g_start`.
+    g_start: without the data init, 'norm' (`g = ||v||`, so `w = v` at
+      start) or 'one' (`g = 1`); see `WeightNorm`.
     init_order: 'sequential' or 'independent' (see `WeightNorm`).
     epsilon: added to the init batch variance, so a constant or dead unit
       gets a finite `g` (the authors' PixelCNN++ code uses 1e-8).
@@ -86,6 +88,7 @@ class WNDense(_WeightNormOf):
   epsilon: float = 1e-8
   norm_epsilon: float = NORM_EPSILON
   v_init: Initializer = default_v_init
+  g_start: str = "norm"
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
   axis_name: str | None = None
@@ -133,6 +136,7 @@ class WNConv(_WeightNormOf):
   epsilon: float = 1e-8
   norm_epsilon: float = NORM_EPSILON
   v_init: Initializer = default_v_init
+  g_start: str = "norm"
   conv_weight_grad: str = "xla"
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
@@ -169,6 +173,7 @@ class WNConvTranspose(_WeightNormOf):
   epsilon: float = 1e-8
   norm_epsilon: float = NORM_EPSILON
   v_init: Initializer = default_v_init
+  g_start: str = "norm"
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
   axis_name: str | None = None

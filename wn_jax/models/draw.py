@@ -79,7 +79,8 @@ class _DRAWStep(nn.Module):
 
   def setup(self):
     dense = functools.partial(NormalizedDense, parameterization=self.parameterization,
-                              data_init=False, kernel_init=DRAW_WEIGHT_INIT)
+                              data_init=False, kernel_init=DRAW_WEIGHT_INIT,
+                              g_start=self.g_start)
     cell = functools.partial(LSTMCell, parameterization=self.parameterization,
                              normalization=self.normalization, g_start=self.g_start,
                              peepholes=self.peepholes)
@@ -152,7 +153,10 @@ class DRAW(nn.Module):
     latent: z per glimpse (100).
     read_n / write_n: attention grids (2 / 5); 0 and 0 = no attention.
     parameterization: 'normal' or 'wn' (every weight matrix, LSTMs included).
-    normalization, g_start, peepholes: the LSTM cells' (`LSTMCell`).
+    normalization, peepholes: the LSTM cells' (`LSTMCell`).
+    g_start: where every g of 'wn' starts, in the LSTM cells and the five
+      dense maps alike: 'norm' (g = ||v||, the normal model's start) or
+      'one' (g = 1).
     keep_canvases: also return every c_t (pictures).
     init_scale, data_init: the loop's init fields (`wn_jax.tasks`); DRAW
       has no data-dependent init (the paper keeps the recurrent model's

@@ -67,7 +67,8 @@ class WeightNorm(DataInitLayer):
 
     v: the direction, in the layer's own kernel layout, drawn by `v_init`
       (default N(0, 0.05), the authors' code) from `rngs.params()`;
-    g: the scale, shape = v's feature axes, starting at ||v|| (w = v);
+    g: the scale, shape = v's feature axes, starting at `g_start` (||v||,
+      so w = v, or 1);
     b: the bias, same shape (absent with `use_bias=False`), starting at 0;
 
   all three `nnx.Param`s. `data_init(model, init_batch)` sets, per unit,
@@ -92,6 +93,8 @@ class WeightNorm(DataInitLayer):
     norm_epsilon: added to sum v^2 inside ||v|| (`ops.NORM_EPSILON`, 1e-12).
     v_init: initializer of v (key, shape, dtype); None = take the layer's
       own kernel as v (then `rngs` is not needed).
+    g_start: g's start before (or without) `data_init`: 'norm' (||v||, so
+      w = v) or 'one' (1); as `wn_jax.layers.WeightNorm`'s.
     kernel_name: the name of the layer's kernel attribute.
     param_dtype: dtype of g and b (v keeps the kernel's dtype).
     axis_name: mapped axis for the init statistics inside shard_map/pmap.
@@ -111,11 +114,13 @@ class WeightNorm(DataInitLayer):
       norm_epsilon: float = ops.NORM_EPSILON,
       v_init: Initializer | None = default_v_init,
       kernel_name: str = "kernel",
+      g_start: str = "norm",
       param_dtype: Dtype = jnp.float32,
       axis_name: str | None = None,
       rngs: nnx.Rngs | None = None,
   ):
     self._start_init_mode()
+    ops.check_g_start(g_start)
     kernel = getattr(layer, kernel_name, None)
     if not isinstance(kernel, nnx.Param):
       raise ValueError(f"WeightNorm: {type(layer).__name__} has no nnx.Param "
@@ -158,7 +163,7 @@ class WeightNorm(DataInitLayer):
     self.layer_graphdef = graphdef
     self.v = nnx.Param(v)
     norm = ops.direction_norm(v, axes, norm_epsilon).reshape(self.feature_shape)
-    self.g = nnx.Param(norm.astype(param_dtype))
+    self.g = nnx.Param(ops.start_scale(norm, g_start).astype(param_dtype))
     self.b = (nnx.Param(jnp.zeros(self.feature_shape, param_dtype)) if use_bias
               else nnx.data(None))
 
