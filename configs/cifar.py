@@ -15,6 +15,10 @@ Variants, comma-separated after the file name (big_vision style):
                                       (anneal from epoch 5), see below
   augment                             flips + 2-pixel translations (NOT in
                                       the paper)
+  direct                              normal / mobn train w directly after
+                                      the data init (model.normal_weights
+                                      'direct'; default 'scaled': the init's
+                                      scale frozen, the authors' code)
 
 Launch:
   python train.py --config configs/cifar.py --workdir runs/wn
@@ -28,7 +32,7 @@ import ml_collections
 
 from configs.common import add_distributed_and_sweep, parse_variants
 
-OPTIONS = ("quick", "no_data_init", "augment")
+OPTIONS = ("quick", "no_data_init", "augment", "direct")
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -66,6 +70,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.model.width = 96  # channels of the first block; the rest use 2x.
   config.model.data_init = True
   config.model.init_scale = 1.0
+  # The reading of `normal`/`mobn` after the data-dependent init:
+  # 'scaled' (the init's per-unit scale s frozen, the kernel trained; the
+  # authors' CIFAR code) or 'direct' (s folded into w, w trained itself;
+  # paper section 3). The same function at step 0; see docs/VAE.md.
+  config.model.normal_weights = "scaled"
   # How the data-dependent init extends over the layers: 'sequential' (each
   # layer's statistics on the outputs of the already-initialised layers
   # before it, as the authors' code) or 'independent' (every layer's
@@ -132,6 +141,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   if "no_data_init" in variants:
     config.model.data_init = False
+  if "direct" in variants:
+    config.model.normal_weights = "direct"
   if "augment" in variants:
     config.data.augment_flip = True
     config.data.augment_max_translation = 2

@@ -74,6 +74,15 @@ def test_run_label_names_the_init_order():
   assert plot.run_label(config, with_seed=False) == "wn"
 
 
+def test_the_arm_label_names_the_reading_of_normal_and_the_g_start():
+  from configs import mnist_draw, mnist_vae
+  label = lambda arg: plot.arm_label(json.loads(mnist_vae.get_config(arg).to_json()))  # noqa: E731
+  assert (label("normal"), label("normal,direct"), label("wn,direct")) == (
+      "normal", "normal (w direct)", "wn")
+  label = lambda arg: plot.arm_label(json.loads(mnist_draw.get_config(arg).to_json()))  # noqa: E731
+  assert (label("wn"), label("wn,g_norm"), label("normal")) == ("wn", "wn (g = ||v||)", "normal")
+
+
 def test_a_diverged_run_puts_the_loss_panel_on_a_log_axis(tmp_path, monkeypatch):
   figures = []
   monkeypatch.setattr(plot, "_save", lambda fig, output, title: figures.append(fig))

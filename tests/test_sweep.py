@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from conftest import REPO_ROOT, make_image_folder, tiny_config
 
+from configs import mnist_vae
 from wn_jax import config_checks, sweep, train
 
 
@@ -312,6 +313,11 @@ def test_member_names_match_the_launcher():
   assert sweep.run_name("wn", 1e-3, 0) == "wn_lr0.001_s0"
   assert sweep.run_name("wn", 3e-4, 2, data_init=False) == "wn_nodatainit_lr0.0003_s2"
   assert sweep.run_name("bn", 1e-2, 1, init_scale=0.5) == "bn_lr0.01_s1_is0.5"
+  assert sweep.run_name("normal", 2e-3, 1, normal_weights="direct") == "normal_direct_lr0.002_s1"
+  # The reading names only a data-initialised normal or mobn.
+  assert sweep.run_name("wn", 2e-3, 1, normal_weights="direct") == "wn_lr0.002_s1"
+  member = mnist_vae.get_config("normal,direct")
+  assert sweep.member_name(member) == "normal_direct_lr0.002_s0"
 
 
 # Trains a sweep on 8 forced host devices: members replicated, batch sharded.

@@ -76,3 +76,35 @@ def test_a_workdir_from_before_the_task_keys_resumes_and_another_task_does_not(t
   config_checks.check_resumable_config(minatar_dqn.get_config("wn"), str(tmp_path / "dqn"))
   with pytest.raises(ValueError, match="task: saved 'classification', now 'vae'"):
     config_checks.check_resumable_config(mnist_vae.get_config("wn"), str(tmp_path))
+
+
+@pytest.mark.slow  # four inits of the classifier: ~8 s on the 2-core CPU
+@pytest.mark.parametrize("api", ["linen", "nnx"])
+def test_the_classifier_takes_the_direct_reading_of_normal_on_its_built_model(api):
+  """`normal,direct`: every frozen scale is 1 after the init, each kernel is
+  the scaled reading's s * kernel, and the two compute the same function."""
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+
+  from wn_jax.tasks import classification
+  images = jax.random.normal(jax.random.key(0), (24, 8, 8, 3))
+  variables, logits = {}, {}
+  for variant in ("normal", "normal,direct"):
+    config = cifar.get_config(variant)
+    config.model.update(width=4, api=api)
+    model = classification.create_model(config, {"num_classes": 10})
+    rngs = {"params": jax.random.key(1), "noise": jax.random.key(2),
+            "dropout": jax.random.key(3)}
+    variables[variant] = classification.init_variables(config, model, {"images": images}, rngs)
+    logits[variant] = model.apply(variables[variant], images, train=False)
+  scaled, direct = variables["normal"], variables["normal,direct"]
+  scales = jax.tree.leaves(scaled["frozen"])
+  assert len(scales) == 10 and min(float(jnp.std(s)) for s in scales) > 0
+  for s in jax.tree.leaves(direct["frozen"]):
+    np.testing.assert_array_equal(s, np.ones_like(s))
+  layer = scaled["params"]["NormalizedConv_1"]["linear"]
+  np.testing.assert_allclose(direct["params"]["NormalizedConv_1"]["linear"]["kernel"],
+                             layer["kernel"] * scaled["frozen"]["NormalizedConv_1"]["linear"]["scale"],
+                             rtol=1e-6)
+  np.testing.assert_allclose(logits["normal"], logits["normal,direct"], rtol=1e-4, atol=1e-5)

@@ -345,3 +345,40 @@ def test_cli_trains_and_resumes(image_folder, tmp_path):
   result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=tmp_path)
   assert result.returncode == 0, result.stderr[-3000:]
   assert "Resumed from the checkpoint at step 6" in result.stderr
+
+
+@pytest.mark.parametrize("config_file, task_lengthens", [
+    ("mnist_draw", True), ("mnist_vae", True), ("minatar_dqn", True), ("cifar", False)])
+def test_a_run_goes_on_to_more_epochs_only_where_its_training_ignores_the_length(
+    config_file, task_lengthens, tmp_path):
+  """A larger num_epochs resumes where the task's schedule does not run to
+  the last epoch (DRAW, VAE, DQN: constant lr or schedules over steps); the
+  classifier's lr anneals to 0 at num_epochs, so there it is refused, and a
+  shorter run is refused everywhere."""
+  import importlib
+  import json
+
+  from wn_jax import config_checks
+  get_config = importlib.import_module(f"configs.{config_file}").get_config
+  saved = get_config()
+  saved.num_epochs = 5
+  if config_file == "cifar":
+    saved.optimizer.anneal_start_epoch = 2
+  with open(tmp_path / "config.json", "w") as f:
+    json.dump(json.loads(saved.to_json()), f)
+  longer = get_config()
+  longer.update(num_epochs=100, optimizer=saved.optimizer)
+  if task_lengthens:
+    config_checks.check_resumable_config(longer, str(tmp_path))
+  else:
+    with pytest.raises(ValueError, match=r"num_epochs: saved 5, now 100\)\. The "
+                       r"classification task's training depends on num_epochs"):
+      config_checks.check_resumable_config(longer, str(tmp_path))
+  shorter = get_config()
+  shorter.update(num_epochs=3, optimizer=saved.optimizer)
+  with pytest.raises(ValueError, match="num_epochs: saved 5, now 3"):
+    config_checks.check_resumable_config(shorter, str(tmp_path))
+  other = get_config()
+  other.update(num_epochs=100, optimizer=saved.optimizer, seed=7)
+  with pytest.raises(ValueError, match=r"seed: saved 0, now 7\)"):
+    config_checks.check_resumable_config(other, str(tmp_path))

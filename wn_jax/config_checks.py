@@ -15,7 +15,7 @@ from typing import Any
 import ml_collections
 
 from wn_jax import steps, sweep
-from wn_jax.layers import data_init, parameterization
+from wn_jax.layers import data_init, parameterization, plain
 from wn_jax.tasks import get_task
 
 # Config keys that may change between a run and its resumption: they do not
@@ -31,7 +31,7 @@ RESUMABLE_KEYS = ("log_every_steps", "log_norms_every_steps", "checkpoint_every_
 ADDED_KEYS = {"task": "classification", "ema_epochs": 0.0, "pictures_every_epochs": 0,
               "eval_every_steps": 0, "eval_subset": 0, "shuffle_train": True,
               "env.suite": "gymnax", "dqn.life_loss_terminal": False,
-              "dqn.test_env_steps": 0}
+              "dqn.test_env_steps": 0, "model.normal_weights": "scaled"}
 # float32 convs and matmuls: 'default' lets the backend choose (TF32 on
 # NVIDIA Ampere/Hopper GPUs), 'highest' computes in full float32.
 MATMUL_PRECISIONS = ("default", "high", "highest")
@@ -46,6 +46,8 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
   task = get_task(config.task)
   parameterization.check_parameterization(config.model.parameterization)
   data_init.check_init_order(config.model.init_order)
+  if "normal_weights" in config.model:
+    plain.check_normal_weights(config.model.normal_weights)
   positive("optimizer.learning_rate", config.optimizer.learning_rate)
   positive("batch_size", config.batch_size)
   positive("num_epochs", config.num_epochs)
@@ -98,7 +100,15 @@ def flatten_config(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any
 
 
 def check_resumable_config(config: ml_collections.ConfigDict, workdir: str) -> None:
-  """Refuses to resume a workdir whose checkpoints come from another config."""
+  """Refuses to resume a workdir whose checkpoints come from another config.
+
+  A longer `num_epochs` is accepted where the task says its training does
+  not depend on the run's length (`TRAINING_INDEPENDENT_OF_NUM_EPOCHS`, see
+  `wn_jax.tasks`: a constant learning rate, schedules over steps, never
+  over the run's end), so a finished run goes on to more epochs on the same
+  trajectory; elsewhere (the classifier anneals to 0 at the last epoch) and
+  for a shorter run, the refusal says why.
+  """
   path = os.path.join(workdir, "config.json")
   if not os.path.exists(path):
     return
@@ -109,9 +119,19 @@ def check_resumable_config(config: ml_collections.ConfigDict, workdir: str) -> N
   saved = {**{k: v for k, v in ADDED_KEYS.items() if k in current}, **saved}
   differing = sorted(k for k in set(saved) | set(current)
                      if k not in RESUMABLE_KEYS and saved.get(k) != current.get(k))
+  why = ""
+  if "num_epochs" in differing and current.get("task") == saved.get("task"):
+    length_free = getattr(get_task(config.task), "TRAINING_INDEPENDENT_OF_NUM_EPOCHS", False)
+    if not length_free:
+      why = (f" The {config.task} task's training depends on num_epochs (its schedule "
+             "runs to the last epoch), so a run of another length is another run.")
+    elif current["num_epochs"] < saved["num_epochs"]:
+      why = " A run is lengthened on resume, never shortened."
+    else:
+      differing.remove("num_epochs")
   if differing:
     details = "; ".join(f"{k}: saved {saved.get(k)!r}, now {current.get(k)!r}"
                         for k in differing)
     raise ValueError(
-        f"Workdir {workdir} holds checkpoints of a different config ({details}). "
+        f"Workdir {workdir} holds checkpoints of a different config ({details}).{why} "
         "Refusing to resume: use a new --workdir, or the saved config.")

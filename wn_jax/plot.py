@@ -179,9 +179,24 @@ def data_label(config: dict) -> str:
   return label
 
 
-def run_label(config: dict, with_seed: bool, with_data: bool = False) -> str:
+def arm_label(config: dict) -> str:
+  """What a run's arm is, from its config: the parameterization, and the
+  start or reading where the config offers two ('normal (w direct)' for
+  `model.normal_weights='direct'`, 'wn (g = ||v||)' for DRAW's
+  `model.g_start='norm'`)."""
   model = config["model"]
   label = model["parameterization"]
+  if (model.get("normal_weights", "scaled") == "direct" and model.get("data_init", True)
+      and label in ("normal", "mobn")):
+    label += " (w direct)"
+  if model.get("g_start", "one") == "norm" and label == "wn":
+    label += " (g = ||v||)"
+  return label
+
+
+def run_label(config: dict, with_seed: bool, with_data: bool = False) -> str:
+  model = config["model"]
+  label = arm_label(config)
   if not model.get("data_init", True):
     label += " (no data init)"
   if model.get("init_order", "sequential") != "sequential":

@@ -25,6 +25,8 @@ import numpy as np
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from wn_jax.plot import arm_label  # noqa: E402
+
 
 def read_bound_run(workdir: str) -> dict:
   """A run's config and records: {'config', 'subset' [(epoch, record)],
@@ -47,7 +49,7 @@ def group_by_parameterization(workdirs: Sequence[str]) -> dict[str, list[dict]]:
   groups: dict[str, list[dict]] = {}
   for workdir in workdirs:
     run = read_bound_run(workdir)
-    groups.setdefault(run["config"]["model"]["parameterization"], []).append(run)
+    groups.setdefault(arm_label(run["config"]), []).append(run)
   for runs in groups.values():
     runs.sort(key=lambda run: run["config"]["seed"])
   return groups

@@ -40,13 +40,19 @@ MEMBER_KEYS = {
 
 
 def run_name(parameterization: str, learning_rate: float, seed: int,
-             data_init: bool = True, init_scale: float = 1.0) -> str:
+             data_init: bool = True, init_scale: float = 1.0,
+             normal_weights: str = "scaled") -> str:
   """The name of a run's record folder, e.g. 'wn_lr0.001_s0'.
 
   'wn_nodatainit_lr0.001_s0' without the data-dependent init;
+  'normal_direct_lr0.001_s0' for the direct reading of a data-initialised
+  `normal` or `mobn` (`wn_jax.layers.plain.NORMAL_WEIGHTS`);
   '..._is0.5' when init_scale is not 1.
   """
+  direct = (normal_weights == "direct" and data_init
+            and parameterization in ("normal", "mobn"))
   return (f"{parameterization}{'' if data_init else '_nodatainit'}"
+          f"{'_direct' if direct else ''}"
           f"_lr{learning_rate:g}_s{seed}"
           f"{'' if init_scale == 1 else f'_is{init_scale:g}'}")
 
@@ -115,4 +121,5 @@ def member_configs(config: ml_collections.ConfigDict) -> list[ml_collections.Con
 def member_name(member: ml_collections.ConfigDict) -> str:
   """`run_name` of a member's effective config."""
   return run_name(member.model.parameterization, member.optimizer.learning_rate,
-                  member.seed, member.model.data_init, member.model.init_scale)
+                  member.seed, member.model.data_init, member.model.init_scale,
+                  member.model.get("normal_weights", "scaled"))

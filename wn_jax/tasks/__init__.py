@@ -45,6 +45,11 @@ Optional: UNGUARDED_COLLECTIONS: tuple[str, ...], model-state collections
 the step advances whatever its loss (`steps.keep_finite` keeps every other
 one of a member whose loss turned non-finite): an environment and its
 replay, which guarding would copy every step.
+`TRAINING_INDEPENDENT_OF_NUM_EPOCHS: bool` (default False): True where
+nothing the step computes depends on `config.num_epochs` (a constant
+learning rate, schedules over steps), so a finished run may resume with a
+larger `num_epochs` and go on along the same trajectory
+(`config_checks.check_resumable_config`).
 
 `TaskData.info` carries what the model needs from the data (the number of
 classes, the image shape). Adding a task: write `wn_jax/tasks/<name>.py`

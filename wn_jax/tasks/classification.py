@@ -19,6 +19,7 @@ from absl import logging
 
 from wn_jax import models
 from wn_jax.data import batches, cache, sources
+from wn_jax.layers.plain import with_normal_weights
 from wn_jax.nnx.functional import FunctionalCifarNet
 from wn_jax.tasks.base import TaskData
 
@@ -157,9 +158,11 @@ def cross_entropy_and_error(logits: Array, labels: Array) -> tuple[Array, Array]
 def init_variables(config: ml_collections.ConfigDict, model, batch: dict[str, Array],
                    rngs: dict[str, Array]):
   """The data-dependent init in training mode (noise and dropout on), as
-  the authors' code runs it; batch {'images': [N, H, W, C], ...}."""
-  del config
-  return model.init(rngs, batch["images"], train=True)
+  the authors' code runs it; batch {'images': [N, H, W, C], ...}.
+  `normal`/`mobn` then take the reading `config.model.normal_weights`
+  (`wn_jax.layers.plain.with_normal_weights`)."""
+  variables = model.init(rngs, batch["images"], train=True)
+  return with_normal_weights(variables, config.model.get("normal_weights", "scaled"))
 
 
 def train_loss(config: ml_collections.ConfigDict, model, params, model_state,

@@ -65,6 +65,9 @@ from wn_jax.tasks.base import TaskData
 
 Array = jax.Array
 
+# Epsilon and the target period run over steps, not to the run's end: a run
+# may go on to more epochs (wn_jax.tasks).
+TRAINING_INDEPENDENT_OF_NUM_EPOCHS = True
 RNG_NAMES = ("act", "replay")
 INIT_RNG_NAMES = ("env", "init_states")
 TRAIN_METRICS = ("loss", "q", "epsilon")

@@ -50,6 +50,8 @@ from wn_jax.tasks.base import TaskData, image_grid
 
 Array = jax.Array
 
+# A constant learning rate: a run may go on to more epochs (wn_jax.tasks).
+TRAINING_INDEPENDENT_OF_NUM_EPOCHS = True
 RNG_NAMES = ("sample",)
 INIT_RNG_NAMES = ()
 TRAIN_METRICS = ("loss", "elbo", "recon", "kl")

@@ -40,12 +40,15 @@ from absl import logging
 from wn_jax.data import mnist
 from wn_jax.data.cifar10 import CIFAR10_SOURCES, load_cifar10
 from wn_jax.layers.parameterization import NORMAL_TWINS, normal_from_weight_norm
+from wn_jax.layers.plain import with_normal_weights
 from wn_jax.models.vae import POSTERIORS, VAE, VAEOutput
 from wn_jax.tasks import elbo
 from wn_jax.tasks.base import TaskData, image_grid
 
 Array = jax.Array
 
+# A constant learning rate: a run may go on to more epochs (wn_jax.tasks).
+TRAINING_INDEPENDENT_OF_NUM_EPOCHS = True
 RNG_NAMES = ("sample", "binarize")
 INIT_RNG_NAMES = ("sample", "binarize")
 TRAIN_METRICS = ("loss", "elbo", "recon", "kl", "bits_per_dim")
@@ -223,14 +226,18 @@ def init_variables(config: ml_collections.ConfigDict, model: VAE, batch: dict[st
   `normal` and `mobn` run the init of their weight-normalized twin (`wn`,
   `wn_mobn`) with the same keys and take its v and g as kernel and frozen
   scale (`normal_from_weight_norm`): they start from exactly the twin's
-  function, as the paper's section 3 prescribes for its baseline.
+  function, as the paper's section 3 prescribes for its baseline, in the
+  reading `config.model.normal_weights` ('scaled': the scale frozen;
+  'direct': folded into the trained kernels; `with_normal_weights`).
   """
   x = observed(config, batch["images"], rngs["binarize"])
   model_rngs = {k: v for k, v in rngs.items() if k != "binarize"}
   weight_norm_twin = {normal: wn for wn, normal in NORMAL_TWINS.items()}
   if model.parameterization in weight_norm_twin and model.data_init:
     twin = model.clone(parameterization=weight_norm_twin[model.parameterization])
-    return normal_from_weight_norm(twin.init(model_rngs, x - 0.5, train=True))
+    return with_normal_weights(normal_from_weight_norm(twin.init(model_rngs, x - 0.5,
+                                                                 train=True)),
+                               config.model.get("normal_weights", "scaled"))
   return model.init(model_rngs, x - 0.5, train=True)
 
 
