@@ -8,7 +8,8 @@
 #
 # RUN names a run as the records do:
 #   <parameterization>_lr<lr>_s<seed>[_<change>]
-#     parameterization  normal | bn | mobn | wn | wn_mobn
+#     parameterization  normal | bn | mobn | wn | wn_mobn, or normal_direct |
+#                       mobn_direct (the direct reading of normal, docs/VAE.md)
 #     change            precision_highest   full float32 convs and matmuls
 #                       zca<reg>            ZCA regularisation, e.g. zca1e-2
 #                       jpegcopy            the lossy JPEG copy of CIFAR-10
@@ -21,9 +22,11 @@
 #   vae_mnist_<parameterization>_seeds<N>
 #     seeds 0..N-1 as ONE sweep program, vmapped (Figure 3: normal vs wn,
 #     its error bars over seeds), e.g. vae_mnist_wn_seeds5,
-#     vae_mnist_normal_seeds5;
+#     vae_mnist_normal_seeds5; normal_direct and mobn_direct are the direct
+#     reading of normal (w trained itself after the data init, docs/VAE.md);
 # or DRAW on MNIST (section 5.3, configs/mnist_draw.py, 100 epochs):
-#   draw_mnist_<normal|wn>_seeds<N>, e.g. draw_mnist_wn_seeds2 (Figure 4);
+#   draw_mnist_<normal|wn|wn_g_norm>_seeds<N>, e.g. draw_mnist_wn_seeds2
+#     (Figure 4; wn_g_norm: g starting at ||v||, docs/DRAW.md);
 #     normal and wn are two programs (their parameter trees differ), run
 #     side by side when named together;
 # or DQN on MinAtar Space Invaders (section 5.4's stand-in,
@@ -102,7 +105,7 @@
 # installed first if present.
 set -euo pipefail
 
-usage="usage: reproduce_gpu.sh OUT_DIR RUN [RUN ...] (RUN: <parameterization>_lr<lr>_s<seed>[_<change>], vae_mnist_<parameterization>_seeds<N>, draw_mnist_<normal|wn>_seeds<N>, dqn_minatar_<normal|wn|bn>[_lr<lr>]_seeds<N>, dqn_atari_<game>_<normal|wn|bn>[_lr<lr>]_s<seed>[_short_epochs] or bench) | reproduce_gpu.sh stage PART"
+usage="usage: reproduce_gpu.sh OUT_DIR RUN [RUN ...] (RUN: <parameterization>_lr<lr>_s<seed>[_<change>], vae_mnist_<parameterization>[_direct]_seeds<N>, draw_mnist_<normal|wn|wn_g_norm>_seeds<N>, dqn_minatar_<normal|wn|bn>[_lr<lr>]_seeds<N>, dqn_atari_<game>_<normal|wn|bn>[_lr<lr>]_s<seed>[_short_epochs] or bench) | reproduce_gpu.sh stage PART"
 stage_dir=${STAGE_DIR:-/tmp/wn_jax_stage}
 data_root=${DATA_ROOT:-/tmp/wn_jax_data}
 # sha256 of the original cifar-10-python.tar.xz, joined from its parts.
@@ -125,11 +128,11 @@ out=${1:?$usage}
 shift
 [ $# -ge 1 ] || { echo "$usage" >&2; exit 2; }
 runs=("$@")
-vae_pattern='^vae_mnist_(normal|bn|mobn|wn|wn_mobn)_seeds([1-9][0-9]*)$'
-draw_pattern='^draw_mnist_(normal|wn)_seeds([1-9][0-9]*)$'
+vae_pattern='^vae_mnist_(normal|normal_direct|bn|mobn|mobn_direct|wn|wn_mobn)_seeds([1-9][0-9]*)$'
+draw_pattern='^draw_mnist_(normal|wn|wn_g_norm)_seeds([1-9][0-9]*)$'
 dqn_pattern='^dqn_minatar_(normal|wn|bn)(_lr([0-9]+(\.[0-9]+)?(e-?[0-9]+)?))?_seeds([1-9][0-9]*)$'
 atari_pattern='^dqn_atari_(space_invaders|breakout|enduro|seaquest)_(normal|wn|bn)(_lr([0-9]+(\.[0-9]+)?(e-?[0-9]+)?))?_s([0-9]+)(_short_epochs)?$'
-run_pattern='^(normal|bn|mobn|wn|wn_mobn)_lr([0-9]+(\.[0-9]+)?(e-?[0-9]+)?)_s([0-9]+)(_(precision_highest|zca[0-9]+(\.[0-9]+)?(e-?[0-9]+)?|jpegcopy|jpeg_q[0-9]+))?$'
+run_pattern='^(normal|normal_direct|bn|mobn|mobn_direct|wn|wn_mobn)_lr([0-9]+(\.[0-9]+)?(e-?[0-9]+)?)_s([0-9]+)(_(precision_highest|zca[0-9]+(\.[0-9]+)?(e-?[0-9]+)?|jpegcopy|jpeg_q[0-9]+))?$'
 # Check every name before anything starts.
 for run in "${runs[@]}"; do
   if [ "$run" = bench ]; then
@@ -261,7 +264,7 @@ train() {
   esac
   warm_cache "$source" "$data_dir"
   XLA_PYTHON_CLIENT_MEM_FRACTION=$mem_fraction timeout "$budget" \
-    python3 train.py --config "configs/cifar.py:$variant" --workdir "$work/$name" \
+    python3 train.py --config "configs/cifar.py:${variant/_direct/,direct}" --workdir "$work/$name" \
       --config.data.source="$source" --config.data.folder="$data_dir" \
       --config.checkpoint_every_epochs=10 "${args[@]}" $extra \
       > "$logs/$name.log" 2>&1 &
@@ -312,11 +315,13 @@ train_named() {
   local name=$1 mnist
   if [[ $name =~ $vae_pattern ]]; then
     mnist=$(mnist_dir) || return 3
-    train_seeds "$name" "configs/mnist_vae.py:${BASH_REMATCH[1]}" "${BASH_REMATCH[2]}" \
+    # normal_direct -> normal,direct: the direct reading of normal (docs/VAE.md).
+    train_seeds "$name" "configs/mnist_vae.py:${BASH_REMATCH[1]/_direct/,direct}" "${BASH_REMATCH[2]}" \
       --config.data.folder="$mnist"
   elif [[ $name =~ $draw_pattern ]]; then
     mnist=$(mnist_dir) || return 3
-    train_seeds "$name" "configs/mnist_draw.py:${BASH_REMATCH[1]}" "${BASH_REMATCH[2]}" \
+    # wn_g_norm -> wn,g_norm: g starting at ||v|| (docs/DRAW.md).
+    train_seeds "$name" "configs/mnist_draw.py:${BASH_REMATCH[1]/_g_norm/,g_norm}" "${BASH_REMATCH[2]}" \
       --config.data.folder="$mnist"
   elif [[ $name =~ $atari_pattern ]]; then
     train_atari "$name"

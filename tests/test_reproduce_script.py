@@ -167,7 +167,7 @@ def test_vae_runs_train_their_seeds_as_one_sweep(tmp_path):
               "--config.model.hidden=4 --config.model.latent=2 --config.num_epochs=1 "
               "--config.batch_size=10 --config.init_batch_size=10 --config.eval_batch_size=5 "
               "--config.eval.iwae_samples=2 --config.eval.iwae_examples=4")
-  name = "vae_mnist_normal_seeds2"
+  name = "vae_mnist_normal_direct_seeds2"  # the direct reading of normal
   result = _run_script([tmp_path / "out", name], tmp_path, MNIST_DIR=str(mnist),
                        EXTRA_ARGS=tiny_vae)
   assert result.returncode == 0, result.stderr[-3000:]
@@ -176,9 +176,10 @@ def test_vae_runs_train_their_seeds_as_one_sweep(tmp_path):
     names = sorted(records.getnames())
     config = json.load(records.extractfile(f"./{name}/config.json"))
     member = [json.loads(line) for line in records.extractfile(
-        f"./{name}/normal_lr0.002_s1/metrics.jsonl").read().decode().splitlines()]
-  assert f"./{name}/normal_lr0.002_s0/metrics.jsonl" in names
+        f"./{name}/normal_direct_lr0.002_s1/metrics.jsonl").read().decode().splitlines()]
+  assert f"./{name}/normal_direct_lr0.002_s0/metrics.jsonl" in names
   assert config["task"] == "vae" and config["model"]["parameterization"] == "normal"
+  assert config["model"]["normal_weights"] == "direct"
   assert config["sweep"]["seed"] == [0, 1] and config["sweep"]["member_loop"] == "vmap"
   assert [m["epoch"] for m in member if "test_elbo" in m] == [1]
   assert any("test_iwae_k2_n4" in m for m in member)
