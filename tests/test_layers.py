@@ -412,3 +412,31 @@ def test_2d_conv_layers_refuse_input_that_is_not_nhwc():
                 wn_layers.WNConvTranspose(4, (3, 3))):
     with pytest.raises(ValueError, match=f"{type(layer).__name__} expects NHWC input"):
       layer.init(jax.random.key(0), x)
+
+
+def test_an_int_kernel_size_works_as_in_nn_conv():
+  x = jax.random.normal(jax.random.key(0), (4, 8, 8, 2))
+  for layer, twin in ((wn_layers.WNConv(4, 3), wn_layers.WNConv(4, (3, 3))),
+                      (wn_layers.WNConvTranspose(4, 3, strides=2),
+                       wn_layers.WNConvTranspose(4, (3, 3), strides=(2, 2))),
+                      (NormalizedConv(4, 3, parameterization="normal"),
+                       NormalizedConv(4, (3, 3), parameterization="normal"))):
+    kwargs = {"train": True} if isinstance(layer, NormalizedConv) else {}
+    a = layer.init(jax.random.key(1), x, **kwargs)
+    b = twin.init(jax.random.key(1), x, **kwargs)
+    for u, w in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+      np.testing.assert_array_equal(u, w)
+
+
+def test_tabulate_shows_each_wn_layer_with_its_inputs_and_outputs():
+  class Net(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      return wn_layers.WNDense(3)(nn.relu(wn_layers.WNConv(4, 3)(x)).mean((1, 2)))
+
+  table = Net().tabulate(jax.random.key(0), jnp.ones((4, 8, 8, 2)),
+                         console_kwargs={"width": 200, "force_terminal": False})
+  assert "_layer" not in table and "Dense(" not in table
+  rows = [line for line in table.splitlines() if "WNConv_0" in line or "WNDense_0" in line]
+  assert "float32[4,8,8,2]" in rows[0] and "float32[4,8,8,4]" in rows[0]
+  assert "float32[4,4]" in rows[1] and "float32[4,3]" in rows[1]

@@ -49,7 +49,8 @@ def test_g_v_b_are_params_that_grad_and_optimizer_train():
 
 
 def test_v_is_drawn_from_n_0_005_and_g_starts_at_its_norm():
-  model = wnx.WeightNorm(nnx.Conv(64, 256, (3, 3), rngs=nnx.Rngs(0)), rngs=nnx.Rngs(1))
+  model = wnx.WeightNorm(nnx.Conv(64, 256, (3, 3), rngs=nnx.Rngs(0)), v_init=wnx.default_v_init,
+                         rngs=nnx.Rngs(1))
   v = np.asarray(model.v[...])
   assert v.shape == (3, 3, 64, 256)
   assert abs(v.mean()) < 2e-3 and abs(v.std() - 0.05) < 1e-3
@@ -443,3 +444,30 @@ def test_2d_conv_layers_refuse_input_that_is_not_nhwc():
   for layer in (wnx.Conv2D(3, 4, (3, 3), rngs=rngs), wnx.PlainConv(3, 4, (3, 3), rngs=rngs)):
     with pytest.raises(ValueError, match=f"{type(layer).__name__} expects NHWC input"):
       layer(x)
+
+
+# ---------------------------------------------------------------------------
+# The init's edges, as the Linen layers' (tests/test_weight_norm.py).
+
+
+def test_nnx_data_init_refuses_a_batch_of_one():
+  layer = wnx.WeightNorm(nnx.Linear(3, 4, rngs=nnx.Rngs(0)), rngs=nnx.Rngs(1))
+  with pytest.raises(ValueError, match=r"has 1 value per unit\. Pass a batch of real"):
+    wnx.data_init(layer, jnp.ones((1, 3)))
+
+
+@pytest.mark.parametrize("jit", [False, True])
+def test_nnx_constant_units_keep_their_plain_start_and_are_counted(jit):
+  layer = wnx.WeightNorm(nnx.Linear(3, 4, rngs=nnx.Rngs(0)), rngs=nnx.Rngs(1))
+  norm = np.sqrt(np.sum(np.square(np.asarray(layer.v[...])), axis=0))
+  init = nnx.jit(wnx.data_init) if jit else wnx.data_init
+  with pytest.warns(UserWarning, match="4 of 4 units have a variance <= 1e-08"):
+    init(layer, jnp.ones((5, 3)))
+    jax.effects_barrier()
+  np.testing.assert_allclose(layer.g[...], norm, rtol=1e-5)  # not 1e4
+
+
+def test_nnx_cifar_net_in_training_mode_asks_for_its_rngs():
+  model = wnx.CifarNet(num_classes=10, width=4, rngs=nnx.Rngs(0))
+  with pytest.raises(ValueError, match=r"draws input noise and dropout: pass rngs="):
+    wnx.data_init(model, jnp.zeros((4, 16, 16, 3)), train=True)

@@ -103,7 +103,14 @@ def test_a_folded_cell_computes_what_the_trained_one_does(normalization, peephol
   params = nn.RNN(cell).init(jax.random.key(1), x)["params"]["cell"]
   params = jax.tree.map(lambda p: p * (1 + 0.3 * jnp.cos(jnp.arange(p.size).reshape(p.shape))),
                         params)  # "trained": g no longer ||v||
-  folded = layers.fold_lstm(params, normalization)
+  folded = layers.fold_lstm(params)  # the normalization read from the params
+  other = "joint" if normalization == "separate" else "separate"
+  with pytest.raises(ValueError, match=f"normalization='{other}', but the params are a "
+                                       f"'{normalization}' cell"):
+    layers.fold_lstm(params, other)
+  for a, b in zip(jax.tree.leaves(folded), jax.tree.leaves(layers.fold_lstm(params,
+                                                                            normalization))):
+    np.testing.assert_array_equal(a, b)
   assert set(folded) == {"kernel", "recurrent_kernel", "bias"} | (
       {"peephole_input", "peephole_forget", "peephole_output"} if peepholes else set())
   plain = layers.LSTMCell(H, parameterization="normal", peepholes=peepholes)
@@ -143,3 +150,13 @@ def test_the_nnx_cell_under_nnx_rnn_equals_the_linen_cell(normalization, peephol
   plain = layers.LSTMCell(H, parameterization="normal", peepholes=peepholes)
   np.testing.assert_allclose(_scan(plain, layers.fold_lstm(params, normalization), x)[1], y,
                              rtol=1e-5, atol=1e-6)
+
+
+def test_the_nnx_cell_takes_flax_s_hidden_features():
+  from wn_jax import nnx as wnx
+  a = wnx.LSTMCell(in_features=3, hidden_features=5, rngs=nnx.Rngs(0))
+  b = wnx.LSTMCell(3, 5, rngs=nnx.Rngs(0))
+  assert a.features == 5
+  np.testing.assert_array_equal(a.v[...], b.v[...])
+  with pytest.raises(TypeError, match="takes the hidden size once"):
+    wnx.LSTMCell(3, 5, hidden_features=5, rngs=nnx.Rngs(0))

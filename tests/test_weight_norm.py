@@ -191,7 +191,9 @@ def test_zero_v_at_init_and_constant_unit_on_init_batch_are_finite():
     return v.at[:, 1].set(0.0).at[0, 1].set(1.0)  # unit 1: sees only feature 0
 
   model = weight_norm.WeightNorm(nn.Dense(3), v_init=v_init)
-  variables = model.init(jax.random.key(0), x)
+  with pytest.warns(UserWarning, match="2 of 3 units have a variance"):
+    variables = model.init(jax.random.key(0), x)
+    jax.effects_barrier()
   y = model.apply(variables, x)
   for leaf in jax.tree.leaves(variables) + [y]:
     assert np.all(np.isfinite(leaf))
@@ -391,3 +393,85 @@ def test_the_norm_log_has_every_g_of_an_lstm_cell():
   assert set(stats) == {"cell/v_norm", "cell/g_over_v_norm", "cell/recurrent_v_norm",
                         "cell/recurrent_g_over_v_norm"}
   np.testing.assert_allclose(stats["cell/recurrent_g_over_v_norm"], 1.0, rtol=1e-5)
+
+
+# ---------------------------------------------------------------------------
+# The init's edges: a dummy batch, a constant unit, and the init without data.
+
+
+def test_a_batch_of_one_cannot_set_a_scale_and_says_what_to_do():
+  for layer in (wn_jax.WNDense(4), wn_jax.WeightNorm(nn.Dense(4)),
+                wn_jax.layers.PlainDense(4)):
+    with pytest.raises(ValueError, match=r"has 1 value per unit\. Pass a batch of real "
+                       r"examples .* wn_jax\.no_data_init\(\)"):
+      layer.init(jax.random.key(0), jnp.ones((1, 3)))
+
+
+@pytest.mark.parametrize("jit", [False, True])
+def test_a_constant_unit_keeps_its_plain_start_and_is_counted(jit):
+  """jnp.ones as the init batch: every unit's variance is 0; g must not be
+  init_scale/sqrt(epsilon) (1e4) but the plain start, and a warning counts
+  the units. A real feature beside a constant one is set as usual."""
+  x = np.ones((6, 3), np.float32)
+  x[:, 0] = np.arange(6)  # one input varies: only units that ignore it are constant
+  v = np.zeros((3, 4), np.float32)
+  v[0, :2] = 1.0  # units 0, 1 see the varying input; units 2, 3 a constant one
+  v[1:, 2:] = np.eye(2)
+  layer = wn_jax.WNDense(4, v_init=lambda *_: jnp.asarray(v))
+  init = jax.jit(layer.init) if jit else layer.init
+  with pytest.warns(UserWarning, match="2 of 4 units have a variance <= 1e-08"):
+    g = init(jax.random.key(0), x)["params"]["g"]
+    jax.effects_barrier()
+  np.testing.assert_allclose(g[:2], 1 / np.std(np.arange(6)), rtol=1e-5)
+  np.testing.assert_allclose(g[2:], 1.0, rtol=1e-5)  # ||v|| of those units
+  with pytest.warns(UserWarning, match="3 of 3 units"):  # the plain layer: scale 1
+    variables = wn_jax.layers.PlainDense(3).init(jax.random.key(0), jnp.ones((5, 2)))
+    jax.effects_barrier()
+  np.testing.assert_array_equal(variables["frozen"]["scale"], np.ones(3))
+
+
+def test_no_data_init_gives_the_data_init_tree_without_data():
+  from wn_jax.models import CifarNet
+  model = CifarNet(num_classes=10, width=4)
+  rngs = {"params": jax.random.key(0), "noise": jax.random.key(1),
+          "dropout": jax.random.key(2)}
+  images = jax.random.normal(jax.random.key(3), (20, 16, 16, 3))
+  with_data = model.init(rngs, images, train=True)
+  with wn_jax.no_data_init():
+    plain = model.init(rngs, jnp.ones((1, 16, 16, 3)), train=True)
+    shapes = jax.eval_shape(lambda: model.init(rngs, jnp.ones((1, 16, 16, 3)), train=True))
+  assert jax.tree.structure(plain) == jax.tree.structure(with_data)
+  assert jax.tree.map(lambda a: (a.shape, a.dtype), shapes) == jax.tree.map(
+      lambda a: (a.shape, a.dtype), with_data)
+  first = plain["params"]["NormalizedConv_0"]["linear"]
+  norm = np.sqrt(np.sum(np.square(first["v"]), axis=(0, 1, 2)))
+  np.testing.assert_allclose(first["g"], norm, rtol=1e-6)  # g = ||v||, b = 0
+  np.testing.assert_array_equal(first["b"], np.zeros_like(first["b"]))
+  # Outside the context the data init is back.
+  with pytest.raises(ValueError, match="value per unit"):
+    wn_jax.WNDense(2).init(jax.random.key(0), jnp.ones((1, 3)))
+
+
+def test_a_wrapped_setup_style_layer_or_embed_adds_no_parameter_of_its_own():
+  class SetupDense(nn.Module):  # a user layer that defines its kernel in setup()
+    features: int
+
+    def setup(self):
+      self.kernel = self.param("kernel", nn.initializers.lecun_normal(), (3, self.features))
+
+    def __call__(self, x):
+      return x @ self.kernel
+
+  x = jnp.arange(15.0).reshape(5, 3)
+  params = wn_jax.WeightNorm(SetupDense(4), feature_axes=-1).init(jax.random.key(0), x)["params"]
+  assert set(params) == {"v", "g", "b"}
+  embed = wn_jax.WeightNorm(nn.Embed(10, 4), kernel_name="embedding", feature_axes=-1,
+                            data_init=False)
+  assert set(embed.init(jax.random.key(0), jnp.arange(5))["params"]) == {"v", "g", "b"}
+
+
+def test_an_nnx_layer_given_to_the_linen_wrapper_names_the_nnx_one():
+  from flax import nnx
+  with pytest.raises(TypeError, match="It is a Flax NNX module: wrap it with "
+                                      "wn_jax.nnx.WeightNorm"):
+    wn_jax.WeightNorm(nnx.Linear(3, 4, rngs=nnx.Rngs(0)))

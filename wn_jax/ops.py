@@ -29,7 +29,9 @@ on any backend.
 """
 
 import functools
+import math
 import operator
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -93,8 +95,8 @@ def conv2d(
     raise ValueError(
         f"in_features of x ({x.shape[3]}) and kernel ({kernel.shape[2]}) "
         "differ; grouped convolutions are not supported.")
-  strides = _pair(strides, "strides")
-  dilation = _pair(kernel_dilation, "kernel_dilation")
+  strides = int_pair(strides, "strides")
+  dilation = int_pair(kernel_dilation, "kernel_dilation")
   pads = _explicit_padding(padding, x.shape[1:3], kernel.shape[0:2], strides,
                            dilation)
 
@@ -107,7 +109,9 @@ def conv2d(
   return _conv_per_tap(x, kernel, strides, pads, precision)
 
 
-def _pair(value, name):
+def int_pair(value: Any, name: str) -> tuple[int, int]:
+  """(a, b) from an int or a pair of positive ints (a 2-D window, stride or
+  dilation); ValueError naming `name` otherwise."""
   values = (value, value) if np.ndim(value) == 0 else tuple(value)
   try:
     pair = tuple(operator.index(v) for v in values)
@@ -292,6 +296,8 @@ def data_init_scale_and_bias(
     epsilon: float,
     axis_name: str | None = None,
     num_feature_dims: int = 1,
+    fallback_scale: Array | float = 1.0,
+    layer: str = "a layer",
 ) -> tuple[Array, Array]:
   """The data-dependent init (paper section 2.2) from a layer's output t.
 
@@ -299,18 +305,52 @@ def data_init_scale_and_bias(
     t: [..., *F] output of the layer on the init batch with unit-norm (WN)
       or unscaled (`normal`) kernel and no bias.
     init_scale: wanted std of every unit's pre-activation.
-    epsilon: added to the variance (a constant unit gets a finite scale).
+    epsilon: added to the variance.
     axis_name: mapped axis to average the statistics over (shard_map/pmap).
     num_feature_dims: how many trailing axes of t index the features.
+    fallback_scale: the scale, shape F or scalar, of a unit whose variance
+      is at most `epsilon` (the layer's plain start: ||v|| or 1 for WN, 1
+      for a plain layer).
+    layer: the layer's name, for the messages.
 
   Returns:
     (scale, bias), float32 of shape F: scale = init_scale/sqrt(var[t] + eps),
     bias = -mean[t] * scale, so scale * t + bias has mean 0 and std
     init_scale per unit on the init batch.
+
+  A unit whose variance over the init batch is at most `epsilon` (a
+  constant batch such as `jnp.ones`, a constant feature, or a unit
+  connected to nothing, like a MADE's first output) has no scale to
+  measure: it takes `fallback_scale` instead of init_scale/sqrt(epsilon)
+  (~1e4), its bias still centres it, and a `UserWarning` counts such units
+  (eagerly and under jit, through `jax.debug.callback`). Fewer than 2
+  values per unit over the reduced axes (a batch of one example in a dense
+  layer) is a ValueError: no standard deviation exists.
   """
+  values_per_unit = math.prod(t.shape[:t.ndim - num_feature_dims])
+  if values_per_unit < 2 and axis_name is None:
+    raise ValueError(
+        f"The data-dependent init of {layer} takes each unit's mean and standard deviation "
+        f"over the init batch, but its output {tuple(t.shape)} has {values_per_unit} value "
+        "per unit. Pass a batch of real examples (the paper uses 100-500), or initialise "
+        "without data: `with wn_jax.no_data_init(): model.init(...)` (Linen), or skip "
+        "`wn_jax.nnx.data_init` (NNX).")
   mean, var = batch_mean_and_var(t, axis_name, num_feature_dims)
-  scale = init_scale * lax.rsqrt(var + epsilon)
+  degenerate = var <= epsilon
+  scale = jnp.where(degenerate, jnp.asarray(fallback_scale, jnp.float32),
+                    init_scale * lax.rsqrt(var + epsilon))
+  jax.debug.callback(functools.partial(_warn_degenerate_units, layer=layer, epsilon=epsilon),
+                     jnp.sum(degenerate), degenerate.size)
   return scale, -mean * scale
+
+
+def _warn_degenerate_units(count, total, *, layer: str, epsilon: float) -> None:
+  if int(count):
+    warnings.warn(
+        f"Data-dependent init of {layer}: {int(count)} of {int(total)} units have a variance "
+        f"<= {epsilon:g} on the init batch (a constant batch or feature?); they keep the "
+        "layer's plain start instead of init_scale/sqrt(epsilon). Init on real examples, "
+        "or without data (`wn_jax.no_data_init()`).", UserWarning, stacklevel=2)
 
 
 # Where g starts without the data-dependent init: 'norm' (g = ||v||, so

@@ -19,7 +19,12 @@ from flax import linen as nn
 from jax import lax
 
 from wn_jax import ops
-from wn_jax.layers.data_init import check_init_order, data_init_scale_and_bias, default_v_init
+from wn_jax.layers.data_init import (
+  check_init_order,
+  data_init_scale_and_bias,
+  default_v_init,
+  runs_data_init,
+)
 
 Array = jax.Array
 Dtype = Any
@@ -102,7 +107,8 @@ class Conv2D(nn.Module):
     ops.check_nhwc(x, type(self).__name__)
     x = jnp.asarray(x, self.dtype)
     kernel = self.param("kernel", self.kernel_init,
-                        (*self.kernel_size, x.shape[-1], self.features),
+                        (*ops.int_pair(self.kernel_size, "kernel_size"), x.shape[-1],
+                         self.features),
                         self.param_dtype)
     y = ops.conv2d(x, kernel.astype(self.dtype), strides=self.strides,
                    padding=self.padding, weight_grad=self.weight_grad)
@@ -136,10 +142,11 @@ def _frozen_scale(
   # check shapes, so the init values must exist outside `init` too.
   scale_init = jnp.ones((features,), jnp.float32)
   b_init = jnp.zeros((features,), jnp.float32)
-  data_init = module.data_init and module.is_initializing()
+  data_init = runs_data_init(module)
   if data_init:
     scale_init, b_init = data_init_scale_and_bias(
-        y, module.init_scale, module.epsilon, module.axis_name)
+        y, module.init_scale, module.epsilon, module.axis_name,
+        layer=f"{type(module).__name__} at '{'/'.join(module.scope.path)}'")
   t = y
   if module.data_init:
     scale = module.variable(
@@ -208,7 +215,7 @@ def check_mask_shape(degrees: MaskDegrees | None, kernel_shape, where: str) -> N
 def _kernel_shape(module: nn.Module, x: Array) -> tuple[int, ...]:
   """HWIO kernel shape of a 2-D conv: (kh, kw, in, out)."""
   ops.check_nhwc(x, type(module).__name__)
-  return (*module.kernel_size, x.shape[-1], module.features)
+  return (*ops.int_pair(module.kernel_size, "kernel_size"), x.shape[-1], module.features)
 
 
 class PlainDense(nn.Module):

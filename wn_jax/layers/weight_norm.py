@@ -9,14 +9,16 @@ choices are in `parameterization`.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
+from flax import nnx
 
-from wn_jax.layers.data_init import check_init_order, data_init_scale_and_bias
+from wn_jax.layers.data_init import check_init_order, data_init_scale_and_bias, runs_data_init
 from wn_jax.layers.plain import Conv2D
 from wn_jax.ops import (
   NORM_EPSILON,
@@ -153,14 +155,25 @@ class WeightNorm(nn.Module):
   param_dtype: Dtype = jnp.float32
   axis_name: str | None = None
 
+  def __post_init__(self):
+    if not isinstance(self.layer, nn.Module):
+      hint = (" It is a Flax NNX module: wrap it with wn_jax.nnx.WeightNorm."
+              if isinstance(self.layer, nnx.Module) else "")
+      raise TypeError(f"wn_jax.WeightNorm wraps a Linen module, got "
+                      f"{type(self.layer).__name__}.{hint}")
+    super().__post_init__()
+
   @nn.compact
   def __call__(self, *args, **kwargs) -> Array:
     check_init_order(self.init_order)
     check_g_start(self.g_start)
-    updates = {"use_bias": False} if hasattr(self.layer, "use_bias") else {}
+    # The layer's dataclass fields only: probing any other attribute of a
+    # setup()-style layer would run its setup and register a second kernel.
+    fields = {f.name for f in dataclasses.fields(self.layer)}
+    updates = {"use_bias": False} if "use_bias" in fields else {}
     layer = self.layer.clone(parent=None, **updates)
     use_bias = (self.use_bias if self.use_bias is not None
-                else getattr(self.layer, "use_bias", True))
+                else (self.layer.use_bias if "use_bias" in fields else True))
     structs = [jax.ShapeDtypeStruct(jnp.shape(a), jnp.result_type(a)) for a in args]
     kernel_struct = self._kernel_struct(layer, structs, kwargs)
     axes = canonical_axes(
@@ -189,12 +202,13 @@ class WeightNorm(nn.Module):
 
     norm = direction_norm(v, axes, self.norm_epsilon)
     norm_features = norm.reshape(feature_shape)
-    data_init = self.data_init and self.is_initializing()
+    data_init = runs_data_init(self)
     if data_init:
       # t = layer(x; v/||v||) on the init batch; g, b standardise it.
       t = run((v.astype(jnp.float32) / norm).astype(v.dtype))
       g_init, b_init = data_init_scale_and_bias(
-          t, self.init_scale, self.epsilon, self.axis_name, len(feature_shape))
+          t, self.init_scale, self.epsilon, self.axis_name, len(feature_shape),
+          fallback_scale=start_scale(norm_features, self.g_start), layer=self._name())
     else:
       g_init = start_scale(norm_features, self.g_start)
       b_init = jnp.zeros(feature_shape, jnp.float32)
@@ -212,6 +226,10 @@ class WeightNorm(nn.Module):
     if b is not None:
       y = y + b.astype(y.dtype)
     return y
+
+  def _name(self) -> str:
+    path = '/'.join(self.scope.path)
+    return f"WeightNorm({type(self.layer).__name__})" + (f" at '{path}'" if path else "")
 
   def _kernel_struct(self, layer, structs, kwargs) -> jax.ShapeDtypeStruct:
     """Shape and dtype of the wrapped layer's kernel, evaluated abstractly."""

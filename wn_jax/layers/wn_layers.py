@@ -29,6 +29,7 @@ class _WeightNormOf(nn.Module):
   this module's own scope (`nn.share_scope`), so their parameters stay
   exactly `v`, `g`, `b` directly under the layer's name."""
 
+  @nn.nowrap  # a builder, not a call of the layer (model.tabulate lists calls)
   def _layer(self) -> nn.Module:
     raise TypeError(f"{type(self).__name__} must define _layer(), the layer to wrap.")
 
@@ -41,6 +42,7 @@ class _WeightNormOf(nn.Module):
         param_dtype=self.param_dtype, axis_name=self.axis_name)
     nn.share_scope(self, self.weight_norm)
 
+  @nn.nowrap
   def _v_init(self) -> Initializer:
     return self.v_init
 
@@ -94,12 +96,14 @@ class WNDense(_WeightNormOf):
   axis_name: str | None = None
   mask_degrees: MaskDegrees | None = None
 
+  @nn.nowrap  # a builder, not a call of the layer (model.tabulate lists calls)
   def _layer(self) -> nn.Module:
     if self.mask_degrees is not None:
       return MaskedDense(self.features, self.mask_degrees, dtype=self.dtype,
                          param_dtype=self.param_dtype)
     return nn.Dense(self.features, dtype=self.dtype, param_dtype=self.param_dtype)
 
+  @nn.nowrap
   def _v_init(self) -> Initializer:
     if self.mask_degrees is None:
       return self.v_init
@@ -115,8 +119,8 @@ class WNConv(_WeightNormOf):
   Linen only; in NNX: `wn_jax.nnx.WeightNorm(wn_jax.nnx.Conv2D(...))`.
 
   Attributes as `WNDense`, plus:
-    kernel_size: (kh, kw).
-    strides: (sh, sw).
+    kernel_size: (kh, kw), or an int for both (as nn.Conv).
+    strides: (sh, sw), or an int for both.
     padding: 'SAME', 'VALID' or ((lo, hi), (lo, hi)).
     conv_weight_grad: how the kernel gradient is computed, see
       `wn_jax.ops.conv2d` ('xla', or 'per_tap' matmuls, faster on XLA:CPU).
@@ -142,6 +146,7 @@ class WNConv(_WeightNormOf):
   param_dtype: Dtype = jnp.float32
   axis_name: str | None = None
 
+  @nn.nowrap  # a builder, not a call of the layer (model.tabulate lists calls)
   def _layer(self) -> nn.Module:
     return Conv2D(self.features, self.kernel_size, strides=self.strides,
                   padding=self.padding, weight_grad=self.conv_weight_grad,
@@ -178,11 +183,15 @@ class WNConvTranspose(_WeightNormOf):
   param_dtype: Dtype = jnp.float32
   axis_name: str | None = None
 
+  @nn.nowrap  # a builder, not a call of the layer (model.tabulate lists calls)
   def _layer(self) -> nn.Module:
-    if len(self.kernel_size) != 2:
+    kernel_size = ((self.kernel_size,) * 2 if isinstance(self.kernel_size, int)
+                   else tuple(self.kernel_size))
+    if len(kernel_size) != 2:
       raise ValueError(f"WNConvTranspose is 2-D; got kernel_size {self.kernel_size}"
                        " (use WeightNorm(nn.ConvTranspose(...)) for other ranks).")
-    return nn.ConvTranspose(self.features, self.kernel_size, strides=self.strides,
+    strides = (self.strides,) * 2 if isinstance(self.strides, int) else self.strides
+    return nn.ConvTranspose(self.features, kernel_size, strides=strides,
                             padding=self.padding, dtype=self.dtype,
                             param_dtype=self.param_dtype)
 

@@ -235,8 +235,7 @@ def plain_from_weight_norm(params: Any) -> Any:
     if not isinstance(node, dict):
       return node
     if "recurrent_v" in node:
-      normalization = "separate" if "recurrent_g" in node else "joint"
-      return fold_lstm(node, normalization)
+      return fold_lstm(node)
     if "v" in node and "g" in node:
       kernel = weight_normalized_kernel(node["v"], node["g"]).astype(node["v"].dtype)
       return {"kernel": kernel, **({"b": node["b"]} if "b" in node else {})}

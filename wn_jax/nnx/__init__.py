@@ -1,9 +1,10 @@
 """wn_jax for Flax NNX: weight normalization with the data-dependent init.
 
 `from wn_jax import nnx as wnx`:
-  wnx.WeightNorm(layer, rngs=...)  weight-normalizes nnx.Linear,
-      nnx.LinearGeneral, nnx.Conv, nnx.ConvTranspose, nnx.Einsum (g, v, b
-      are nnx.Params);
+  wnx.WeightNorm(layer)  weight-normalizes nnx.Linear, nnx.LinearGeneral,
+      nnx.Conv, nnx.ConvTranspose, nnx.Einsum (g, v, b are nnx.Params; v the
+      layer's own kernel, or `v_init=wnx.default_v_init, rngs=...` for the
+      paper's N(0, 0.05));
   wnx.data_init(model, init_batch)  the paper's data-dependent init, one pass;
   wnx.MeanOnlyBatchNorm, wnx.NormalizedConv / NormalizedDense (the five
       parameterizations), wnx.CifarNet (the paper's network);
@@ -25,12 +26,12 @@ from wn_jax.nnx.models import CifarNet
 from wn_jax.nnx.parameterization import NormalizedConv, NormalizedDense
 from wn_jax.nnx.plain import Conv2D, Frozen, PlainConv, PlainDense
 from wn_jax.nnx.recurrent import LSTMCell
-from wn_jax.nnx.weight_norm import WeightNorm, default_feature_axes
+from wn_jax.nnx.weight_norm import WeightNorm, default_feature_axes, default_v_init
 from wn_jax.ops import NORM_EPSILON
 
 __all__ = [
     "BatchNorm", "CifarNet", "Conv2D", "Frozen", "INIT_ORDERS", "LSTMCell", "MeanOnlyBatchNorm",
     "NORM_EPSILON", "NormalizedConv", "NormalizedDense", "PARAMETERIZATIONS", "PlainConv",
-    "PlainDense", "WeightNorm", "data_init", "default_feature_axes", "fold", "from_linen",
-    "to_linen",
+    "PlainDense", "WeightNorm", "data_init", "default_feature_axes", "default_v_init", "fold",
+    "from_linen", "to_linen",
 ]

@@ -93,6 +93,11 @@ class CifarNet(nnx.Module):
                rngs: Mapping[str, Array] | nnx.Rngs | None = None) -> Array:
     if train and isinstance(rngs, nnx.Rngs):
       rngs = {"noise": rngs.noise(), "dropout": rngs.dropout()}
+    if train and rngs is None and (self.input_noise > 0 or self.dropouts[0].rate > 0):
+      raise ValueError(
+          "CifarNet(train=True) draws input noise and dropout: pass rngs=nnx.Rngs(noise=..., "
+          "dropout=...) or {'noise': key, 'dropout': key}, also to "
+          "wn_jax.nnx.data_init(model, x, train=True, rngs=...).")
 
     def lrelu(y):
       return jnp.maximum(y, self.leaky_relu_slope * y)

@@ -43,7 +43,7 @@ class _Normalized(nnx.Module):
     if weight_norm:
       self.linear = WeightNorm(make_wn_layer(), feature_axes=-1,
                                use_bias=not batch_norm, init_scale=init_scale,
-                               rngs=rngs)
+                               v_init=default_v_init, rngs=rngs)
     elif parameterization == "bn":
       # Authors' BatchNormLayer: kernel ~ N(0, 0.05), no data-dependent init.
       self.linear = make_plain(use_bias=False, data_init=False,

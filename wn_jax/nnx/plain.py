@@ -115,7 +115,8 @@ class _Plain(DataInitLayer):
     init = self.initializing and self.data_init
     if init:
       scale, b = ops.data_init_scale_and_bias(y, self.init_scale, self.epsilon,
-                                              self.axis_name)
+                                              self.axis_name,
+                                              layer=f"wn_jax.nnx.{type(self).__name__}")
       self.scale.set_value(scale.astype(self.scale.dtype))
       if self.b is not None:
         self.b.set_value(b.astype(self.b.dtype))

@@ -31,16 +31,23 @@ class LSTMCell(nnx.RNNCellBase):
   `bias [4H]`, and with peepholes `peephole_input`, `peephole_forget`,
   `peephole_output` [H]. `data_init=True` raises ValueError: the paper's
   data-dependent init is not used for recurrent models.
-  Carry (c, h) [B, H]; input [B, in]; output h' [B, H].
+  Carry (c, h) [B, H]; input [B, in]; output h' [B, H]. The hidden size
+  is `features` or, as flax's `nnx.LSTMCell` names it, `hidden_features`.
   """
 
-  def __init__(self, in_features: int, features: int, *, parameterization: str = "wn",
+  def __init__(self, in_features: int, features: int | None = None, *,
+               hidden_features: int | None = None, parameterization: str = "wn",
                normalization: str = "separate", g_start: str = "norm",
                peepholes: bool = False, data_init: bool = False,
                kernel_init: Initializer = DRAW_WEIGHT_INIT,
                bias_init: Initializer = jax.nn.initializers.zeros,
                carry_init: Initializer = jax.nn.initializers.zeros,
                param_dtype: Any = jnp.float32, rngs: nnx.Rngs):
+    if (features is None) == (hidden_features is None):
+      raise TypeError("LSTMCell takes the hidden size once: `features` or (flax's name) "
+                      f"`hidden_features`; got features={features}, "
+                      f"hidden_features={hidden_features}.")
+    features = features if features is not None else hidden_features
     if parameterization not in RECURRENT_PARAMETERIZATIONS:
       raise ValueError(f"LSTMCell parameterization must be one of "
                        f"{RECURRENT_PARAMETERIZATIONS}, got {parameterization!r}.")

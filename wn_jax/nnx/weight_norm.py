@@ -65,8 +65,10 @@ class WeightNorm(DataInitLayer):
   its kernel (`nnx.merge` of its graph with the kernel ``w``): it owns no
   variables here, so the wrapper's state is exactly
 
-    v: the direction, in the layer's own kernel layout, drawn by `v_init`
-      (default N(0, 0.05), the authors' code) from `rngs.params()`;
+    v: the direction, in the layer's own kernel layout: the layer's own
+      kernel draw (default, as flax's and PyTorch's weight norm keep the
+      layer's init), or drawn by `v_init` from `rngs.params()` (the paper's
+      N(0, 0.05) is `default_v_init`, what the named layers use);
     g: the scale, shape = v's feature axes, starting at `g_start` (||v||,
       so w = v, or 1);
     b: the bias, same shape (absent with `use_bias=False`), starting at 0;
@@ -91,8 +93,9 @@ class WeightNorm(DataInitLayer):
     use_bias: own a bias b; None = whether `layer` has one.
     epsilon: added to var[t] in the init (1e-8, the authors' code).
     norm_epsilon: added to sum v^2 inside ||v|| (`ops.NORM_EPSILON`, 1e-12).
-    v_init: initializer of v (key, shape, dtype); None = take the layer's
-      own kernel as v (then `rngs` is not needed).
+    v_init: initializer of v (key, shape, dtype), drawn from
+      `rngs.params()`; None (default) = take the layer's own kernel as v
+      (then `rngs` is not needed). The same rule as the Linen `WeightNorm`.
     g_start: g's start before (or without) `data_init`: 'norm' (||v||, so
       w = v) or 'one' (1); as `wn_jax.layers.WeightNorm`'s.
     kernel_name: the name of the layer's kernel attribute.
@@ -112,7 +115,7 @@ class WeightNorm(DataInitLayer):
       use_bias: bool | None = None,
       epsilon: float = 1e-8,
       norm_epsilon: float = ops.NORM_EPSILON,
-      v_init: Initializer | None = default_v_init,
+      v_init: Initializer | None = None,
       kernel_name: str = "kernel",
       g_start: str = "norm",
       param_dtype: Dtype = jnp.float32,
@@ -155,6 +158,7 @@ class WeightNorm(DataInitLayer):
     self.feature_axes = axes
     self.feature_shape = tuple(kernel.shape[a] for a in axes)
     self.kernel_name = kernel_name
+    self.g_start = g_start
     self.init_scale = init_scale
     self.epsilon = epsilon
     self.norm_epsilon = norm_epsilon
@@ -187,7 +191,9 @@ class WeightNorm(DataInitLayer):
       # t = layer(x; v/||v||) on the init batch; g, b standardise it.
       t = self._run((v.astype(jnp.float32) / norm).astype(v.dtype), args, kwargs)
       g, b = ops.data_init_scale_and_bias(
-          t, self.init_scale, self.epsilon, self.axis_name, len(self.feature_shape))
+          t, self.init_scale, self.epsilon, self.axis_name, len(self.feature_shape),
+          fallback_scale=ops.start_scale(norm.reshape(self.feature_shape), self.g_start),
+          layer=f"wn_jax.nnx.WeightNorm({self.layer_type})")
       self.g.set_value(g.astype(self.g.dtype))
       if self.b is not None:
         self.b.set_value(b.astype(self.b.dtype))
