@@ -434,3 +434,22 @@ def test_class_balanced_subset_refuses_what_it_cannot_take(size, match):
   labels = np.array([2, 0, 1, 0, 2, 1, 1, 0, 2, 2])
   with pytest.raises(ValueError, match=match):
     batches.class_balanced_subset(labels, size)
+
+
+@pytest.mark.parametrize("name, first, then", [
+    ("cifar10", "--config.data.source=cifar10_python", "--config.data.source=folder"),
+    ("mnist", "--config.data.source=mnist", None)])
+def test_offline_tfds_names_the_original_files_first(name, first, then, tmp_path, monkeypatch):
+  tfds = pytest.importorskip("tensorflow_datasets")
+
+  def offline(*args, **kwargs):
+    raise OSError("no network")
+
+  monkeypatch.setattr(tfds, "load", offline)
+  with pytest.raises(RuntimeError) as error:
+    sources.load_tfds(name, "train", str(tmp_path))
+  message = str(error.value)
+  assert "OSError: no network" in message and first in message
+  if then:
+    assert message.index(first) < message.index(then)
+    assert "lossy" in message[message.index(then) - 120:]

@@ -4,9 +4,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import linen as nn
 
 import wn_jax
-from wn_jax import folding, models
+from wn_jax import folding, layers, models
 from wn_jax.layers import wn_layers
 from wn_jax.layers.parameterization import FOLDED
 
@@ -79,5 +80,71 @@ def test_fold_rejects_what_it_cannot_fold():
   folded_model, folded = wn_jax.fold(model, variables)
   with pytest.raises(ValueError, match="already folded"):
     wn_jax.fold(folded_model, folded)
-  with pytest.raises(TypeError, match="parameterization"):
+  with pytest.raises(ValueError, match="fold found no layer to fold in WNDense"):
     wn_jax.fold(wn_layers.WNDense(3), {"params": {}})
+
+
+# ---------------------------------------------------------------------------
+# A model of the user's own, built from the public layers (not in the package).
+
+
+class UserNet(nn.Module):
+  """Every public layer that folds, and a BatchNorm and a user kernel that do not."""
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    x = nn.relu(wn_jax.WNConv(8, 3)(x))
+    x = wn_jax.WeightNorm(nn.ConvTranspose(6, (3, 3), strides=(2, 2), transpose_kernel=True),
+                          feature_axes=-2)(x)
+    x = layers.WNConvTranspose(5, 3)(x)
+    x = layers.PlainConv(4, (3, 3))(x)
+    x = wn_jax.MeanOnlyBatchNorm(use_running_average=not train)(x)
+    x = layers.BatchNorm(use_running_average=not train)(x)
+    x = x.mean((1, 2)) @ self.param("own", nn.initializers.normal(1.0), (4, 4))
+    carry = (jnp.zeros((x.shape[0], 3)),) * 2
+    _, h = layers.LSTMCell(3, peepholes=True)(carry, x)
+    return wn_jax.WNDense(2)(jnp.concatenate([x, h], -1))
+
+
+@pytest.mark.slow  # compiles a small model three times: ~6 s on the 2-core CPU
+def test_a_user_model_folds_to_plain_kernels_and_exports():
+  x = 1.0 + 2.0 * jax.random.normal(jax.random.key(0), (16, 8, 8, 3))
+  model = UserNet()
+  variables = model.init(jax.random.key(1), x, train=True)
+  variables = jax.tree.map(  # "trained": nothing at its init value
+      lambda a: a * (1 + 0.1 * jnp.cos(jnp.arange(a.size).reshape(a.shape))) + 0.01, variables)
+  folded_model, folded = wn_jax.fold(model, variables)
+  names = {str(getattr(p[-1], "key", p[-1])) for p, _ in jax.tree_util.tree_leaves_with_path(
+      folded["params"])}
+  assert not names & {"v", "g", "recurrent_v", "recurrent_g"}
+  assert "frozen" not in folded
+  assert set(folded["batch_stats"]) == {"BatchNorm_0"}  # the BatchNorm is not folded
+  assert set(folded["params"]["WNConv_0"]) == {"kernel", "bias"}
+  assert set(folded["params"]["MeanOnlyBatchNorm_0"]) == {"b"}
+  want = model.apply(variables, x)
+  np.testing.assert_allclose(folded_model.apply(folded, x), want, rtol=1e-5, atol=1e-5)
+  blob = folding.export_inference(folded_model, folded, x.shape, apply_kwargs={})
+  np.testing.assert_allclose(jax.export.deserialize(blob).call(x), want, rtol=1e-5, atol=1e-5)
+  with pytest.raises(ValueError, match="already folded"):
+    wn_jax.fold(folded_model, folded)
+
+
+def test_fold_checks_the_feature_axes_it_read_from_the_shapes():
+  """A transposed-kernel ConvTranspose with as many inputs as outputs: its
+  feature axis (-2) cannot be told from v and g; fold takes the last and the
+  first call says so, and feature_axes fixes it."""
+  class Square(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      return wn_jax.WeightNorm(nn.ConvTranspose(8, (3, 3), transpose_kernel=True),
+                               feature_axes=-2)(x)
+
+  x = jax.random.normal(jax.random.key(0), (4, 5, 5, 8))
+  variables = Square().init(jax.random.key(1), x)
+  folded_model, folded = wn_jax.fold(Square(), variables)
+  with pytest.raises(ValueError, match=r"fold took the feature axes \(3,\) for the weight-"
+                                       r"normalized layer at 'WeightNorm_0'.*are \(2,\)"):
+    folded_model.apply(folded, x)
+  folded_model, folded = wn_jax.fold(Square(), variables, feature_axes={"WeightNorm_0": (-2,)})
+  np.testing.assert_allclose(folded_model.apply(folded, x), Square().apply(variables, x),
+                             rtol=1e-5, atol=1e-6)

@@ -471,3 +471,34 @@ def test_nnx_cifar_net_in_training_mode_asks_for_its_rngs():
   model = wnx.CifarNet(num_classes=10, width=4, rngs=nnx.Rngs(0))
   with pytest.raises(ValueError, match=r"draws input noise and dropout: pass rngs="):
     wnx.data_init(model, jnp.zeros((4, 16, 16, 3)), train=True)
+
+
+
+class _UserNet(nnx.Module):
+  """A user's NNX model from the public layers (not in the package)."""
+
+  def __init__(self, rngs):
+    self.conv = wnx.WeightNorm(nnx.Conv(3, 8, (3, 3), rngs=rngs), rngs=rngs)
+    self.plain = wnx.PlainConv(8, 4, (3, 3), rngs=rngs)
+    self.mobn = wnx.MeanOnlyBatchNorm(4, use_running_average=True)
+    self.cell = wnx.LSTMCell(4, 3, peepholes=True, rngs=rngs)
+    self.heads = nnx.List([wnx.WeightNorm(nnx.Linear(7, 5, rngs=rngs), rngs=rngs)])
+
+  def __call__(self, x):
+    x = self.mobn(self.plain(nnx.relu(self.conv(x)))).mean((1, 2))
+    _, h = self.cell((jnp.zeros((x.shape[0], 3)),) * 2, x)
+    return self.heads[0](jnp.concatenate([x, h], -1))
+
+
+def test_a_user_nnx_model_folds_to_plain_kernels():
+  model = _UserNet(nnx.Rngs(0))
+  x = 1.0 + 2.0 * jax.random.normal(jax.random.key(0), (16, 8, 8, 3))
+  model.mobn.use_running_average = False
+  wnx.data_init(model, x)
+  model.mobn.use_running_average = True
+  model.mobn.mean.set_value(jnp.arange(4.0) * 0.1)  # a running mean away from 0
+  folded = wnx.fold(model)
+  names = {str(path[-1]) for path, _ in nnx.to_flat_state(nnx.state(folded))}
+  assert not names & {"v", "g", "recurrent_v", "recurrent_g", "scale", "mean"}
+  assert isinstance(model.conv, wnx.WeightNorm)  # the model itself is unchanged
+  np.testing.assert_allclose(folded(x), model(x), rtol=1e-5, atol=1e-5)

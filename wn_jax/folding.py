@@ -28,7 +28,8 @@ Normalized layers folds the same way.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import itertools
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
@@ -37,10 +38,15 @@ from flax import linen as nn
 from jax import lax
 
 from wn_jax.layers import weight_norm
+from wn_jax.layers.batch_norm import MeanOnlyBatchNorm
 from wn_jax.layers.parameterization import (
   FOLDED,
   check_parameterization,
 )
+from wn_jax.layers.plain import FROZEN, PlainConv, PlainDense
+from wn_jax.layers.recurrent import LSTMCell, fold_lstm
+from wn_jax.layers.weight_norm import WeightNorm
+from wn_jax.ops import canonical_axes
 
 Array = jax.Array
 PyTree = Any
@@ -94,28 +100,48 @@ def _is_normalized_layer(node: Any) -> bool:
   return isinstance(node, Mapping) and isinstance(node.get("linear"), Mapping)
 
 
-def fold(model: nn.Module, variables: Mapping[str, PyTree]) -> tuple[nn.Module, dict]:
+def _has_normalized_layer(params: Any) -> bool:
+  return _is_normalized_layer(params) or (isinstance(params, Mapping) and any(
+      _has_normalized_layer(sub) for sub in params.values()))
+
+
+def fold(model: nn.Module, variables: Mapping[str, PyTree],
+         feature_axes: Mapping[str, Sequence[int]] | None = None) -> tuple[nn.Module, dict]:
   """Returns (folded_model, folded_variables) computing model's eval function.
 
+  Two forms, one call:
+  - a model written against the parameterization switch (a
+    `parameterization` field, `NormalizedConv` / `NormalizedDense` layers,
+    e.g. `models.CifarNet`): `model.clone(parameterization='folded')`, each
+    Normalized layer's subtree replaced by {'linear': {'kernel', 'bias'}}
+    (the batch norms folded into the kernel and bias too); its `bn_epsilon`
+    (default 1e-6) is used for `bn`;
+  - any other model built from the public layers: a `FoldedModel` of it,
+    each weight-normalized layer's {v, g, b} replaced by {kernel: g
+    v/||v||, bias: b} (a 'wn' `LSTMCell` by `fold_lstm`'s params), each
+    data-initialised `PlainDense`/`PlainConv`'s kernel multiplied by its
+    frozen scale, each `MeanOnlyBatchNorm` by its bias minus its running
+    mean; other layers' variables kept. The feature axes of each
+    `WeightNorm` are read from the shapes of v and g (`feature_axes`,
+    {'<layer path>': axes}, names them where the shapes cannot), and
+    checked against the layer's at the first call.
+
   Args:
-    model: a Linen module with a `parameterization` field whose linear
-      layers are `NormalizedConv` / `NormalizedDense` (e.g.
-      `models.CifarNet`); its `bn_epsilon` (default 1e-6) is used for `bn`.
+    model: the Linen module.
     variables: its variables ({'params', 'batch_stats'?, 'frozen'?}).
+    feature_axes: see above (the second form only).
 
   Returns:
-    `model.clone(parameterization='folded')` and {'params': ...} with every
-    Normalized layer's subtree replaced by {'linear': {'kernel', 'bias'}}:
-    `folded_model.apply(folded_variables, x, train=False)` equals
-    `model.apply(variables, x, train=False)` (to float32 rounding).
+    (folded_model, folded_variables) with no v, no g, no frozen scale and no
+    running mean left: `folded_model.apply(folded_variables, *inputs)`
+    equals `model.apply(variables, *inputs)` in eval mode (`train=False`;
+    to float32 rounding).
   """
   parameterization = getattr(model, "parameterization", None)
-  if parameterization is None:
-    raise TypeError(f"fold needs a model with a `parameterization` field built from "
-                    "wn_jax.layers.parameterization.NormalizedConv/NormalizedDense; got "
-                    f"{type(model).__name__}.")
-  if parameterization == FOLDED:
+  if parameterization == FOLDED or isinstance(model, FoldedModel):
     raise ValueError("The model is already folded.")
+  if parameterization is None or not _has_normalized_layer(variables.get("params", {})):
+    return _fold_any(model, variables, feature_axes)
   check_parameterization(parameterization)
   bn_epsilon = getattr(model, "bn_epsilon", 1e-6)
   batch_stats = variables.get("batch_stats", {})
@@ -146,15 +172,161 @@ def fold(model: nn.Module, variables: Mapping[str, PyTree]) -> tuple[nn.Module, 
   return model.clone(parameterization=FOLDED), {"params": folded_params}
 
 
-def export_inference(folded_model: nn.Module, folded_variables: Mapping[str, PyTree],
-                     input_shape: tuple[int, ...], dtype: Any = jnp.float32) -> bytes:
-  """Serialises x -> logits (eval mode, weights baked in) with `jax.export`.
+# ---------------------------------------------------------------------------
+# Any model built from the public layers: a transform of the variable tree,
+# and a wrapper that runs each folded layer as its plain twin.
 
-  Load with `jax.export.deserialize(blob).call(x)`. The batch size is fixed
-  by `input_shape`.
+FeatureAxes = tuple[tuple[tuple[str, ...], tuple[int, ...]], ...]
+
+
+def _weight_norm_axes(v: Array, g: Array, path: tuple[str, ...]) -> tuple[int, ...]:
+  """The feature axes of a WeightNorm's v, read from the shapes of v and g:
+  the last axes when they match g (every flax layer's default but a
+  ConvTranspose with transpose_kernel), else the only axes that do."""
+  n = g.ndim
+  if tuple(v.shape[v.ndim - n:]) == tuple(g.shape):
+    return tuple(range(v.ndim - n, v.ndim))
+  matches = [axes for axes in itertools.combinations(range(v.ndim), n)
+             if tuple(v.shape[a] for a in axes) == tuple(g.shape)]
+  if len(matches) != 1:
+    raise ValueError(f"fold cannot tell the feature axes of the weight-normalized layer at "
+                     f"'{'/'.join(path)}' from v {tuple(v.shape)} and g {tuple(g.shape)}; "
+                     "pass feature_axes={'<path>': axes}.")
+  return matches[0]
+
+
+def _fold_tree(params: Mapping, stats: Mapping, frozen: Mapping,
+               feature_axes: Mapping[str, Sequence[int]], path: tuple[str, ...],
+               assumed: dict, found: list) -> tuple[dict, dict]:
+  """(folded params, kept batch_stats) of one subtree; see `fold`."""
+  if "recurrent_v" in params:  # a weight-normalized LSTMCell
+    found.append(path)
+    return fold_lstm(dict(params)), {}
+  if "v" in params and "g" in params:  # WeightNorm (WNDense, WNConv, ...)
+    found.append(path)
+    v, g = params["v"], params["g"]
+    name = "/".join(path)
+    axes = (canonical_axes(feature_axes[name], v.ndim) if name in feature_axes
+            else _weight_norm_axes(v, g, path))
+    assumed[path] = axes
+    bias = params["b"] if "b" in params else jnp.zeros(g.shape, g.dtype)
+    kernel = weight_norm.weight_normalized_kernel(v, g, axes).astype(v.dtype)
+    return {"kernel": kernel, "bias": bias}, {}
+  if "kernel" in params and "scale" in frozen:  # PlainDense/PlainConv, data-initialised
+    found.append(path)
+    kernel = params["kernel"]
+    return {**params, "kernel": (kernel * frozen["scale"].astype(kernel.dtype))}, {}
+  if set(stats) == {"mean"} and set(params) <= {"b"}:  # MeanOnlyBatchNorm
+    found.append(path)
+    bias = params["b"] - stats["mean"] if "b" in params else -stats["mean"]
+    return {"b": bias.astype(stats["mean"].dtype)}, {}
+  folded, kept = {}, {}
+  for key in dict.fromkeys([*params, *stats]):
+    sub_params, sub_stats = params.get(key, {}), stats.get(key, {})
+    if not isinstance(sub_params, Mapping) or not isinstance(sub_stats, Mapping):
+      # A leaf of a layer that is not folded (the user's own, a BatchNorm): as it is.
+      if key in params:
+        folded[key] = sub_params
+      if key in stats:
+        kept[key] = sub_stats
+      continue
+    sub_params, sub_stats = _fold_tree(sub_params, sub_stats, frozen.get(key, {}),
+                                       feature_axes, path + (key,), assumed, found)
+    if sub_params:
+      folded[key] = sub_params
+    if sub_stats:
+      kept[key] = sub_stats
+  return folded, kept
+
+
+def _folded_call(assumed: Mapping[tuple[str, ...], tuple[int, ...]]):
+  """The interceptor of `FoldedModel`: each folded layer runs as its plain
+  twin on the folded variables; every other call as it is."""
+  def intercept(next_fun, args, kwargs, context):
+    module = context.module
+    if context.method_name != "__call__":
+      return next_fun(*args, **kwargs)
+    if isinstance(module, WeightNorm):
+      path = tuple(module.scope.path)
+      params = module.variables["params"]
+      kernel_ndim = params["kernel"].ndim
+      axes = canonical_axes(module.feature_axes if module.feature_axes is not None
+                            else weight_norm.default_feature_axes(module.layer), kernel_ndim)
+      if assumed.get(path) != axes:
+        raise ValueError(
+            f"fold took the feature axes {assumed.get(path)} for the weight-normalized "
+            f"layer at '{'/'.join(path)}' from the shapes of v and g, but the layer's are "
+            f"{axes}: fold again with feature_axes={{'{'/'.join(path)}': {axes}}}.")
+      y = module.plain_layer().apply({"params": {module.kernel_name: params["kernel"]}},
+                                     *args, **kwargs)
+      return y + params["bias"].astype(y.dtype)
+    if isinstance(module, LSTMCell) and module.parameterization == "wn":
+      plain = LSTMCell(module.features, parameterization="normal", peepholes=module.peepholes,
+                       param_dtype=module.param_dtype)
+      return plain.apply({"params": module.variables["params"]}, *args, **kwargs)
+    if isinstance(module, (PlainDense, PlainConv)) and module.data_init:
+      plain = module.clone(parent=None, data_init=False)
+      return plain.apply({"params": module.variables["params"]}, *args, **kwargs)
+    if isinstance(module, MeanOnlyBatchNorm):
+      x = args[0]
+      dtype = module.dtype or x.dtype
+      return x.astype(dtype) + module.variables["params"]["b"].astype(dtype)
+    return next_fun(*args, **kwargs)
+
+  return intercept
+
+
+class FoldedModel(nn.Module):
+  """`fold`'s result for a model built from the public layers: `model` with
+  every weight-normalized layer (`WeightNorm`, `WNDense`, `WNConv`,
+  `WNConvTranspose`, a 'wn' `LSTMCell`), every data-initialised
+  `PlainDense`/`PlainConv` and every `MeanOnlyBatchNorm` run as its plain
+  twin on the folded variables, at the same paths; everything else runs as
+  it is. It computes the model's eval-mode function (batch norms on their
+  running statistics); call it as the model is called.
+
+  `assumed_feature_axes`: the feature axes `fold` took for each WeightNorm,
+  checked against the layer's own at the first call.
   """
+  model: nn.Module
+  assumed_feature_axes: FeatureAxes = ()
+
+  def setup(self):
+    nn.share_scope(self, self.model)
+
+  def __call__(self, *args, **kwargs):
+    with nn.intercept_methods(_folded_call(dict(self.assumed_feature_axes))):
+      return self.model(*args, **kwargs)
+
+
+def _fold_any(model: nn.Module, variables: Mapping[str, PyTree],
+              feature_axes: Mapping[str, Sequence[int]] | None) -> tuple[nn.Module, dict]:
+  assumed, found = {}, []
+  params, kept = _fold_tree(variables["params"], variables.get("batch_stats", {}),
+                            variables.get(FROZEN, {}), dict(feature_axes or {}), (),
+                            assumed, found)
+  if not found:
+    raise ValueError(
+        f"fold found no layer to fold in {type(model).__name__}'s variables (no weight-"
+        "normalized layer, data-initialised PlainDense/PlainConv or MeanOnlyBatchNorm).")
+  folded = {"params": params, **({"batch_stats": kept} if kept else {})}
+  return FoldedModel(model, tuple(sorted(assumed.items()))), folded
+
+
+def export_inference(folded_model: nn.Module, folded_variables: Mapping[str, PyTree],
+                     input_shape: tuple[int, ...], dtype: Any = jnp.float32,
+                     apply_kwargs: Mapping[str, Any] | None = None) -> bytes:
+  """Serialises x -> output (eval mode, weights baked in) with `jax.export`.
+
+  `apply_kwargs` are passed to `folded_model.apply` with x (default
+  `{'train': False}`, the package's models; `{}` for a model called as
+  `model(x)`). Load with `jax.export.deserialize(blob).call(x)`. The batch
+  size is fixed by `input_shape`.
+  """
+  kwargs = {"train": False} if apply_kwargs is None else dict(apply_kwargs)
+
   def infer(x):
-    return folded_model.apply(folded_variables, x, train=False)
+    return folded_model.apply(folded_variables, x, **kwargs)
 
   exported = jax.export.export(jax.jit(infer))(jax.ShapeDtypeStruct(input_shape, dtype))
   return exported.serialize()

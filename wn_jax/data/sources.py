@@ -102,9 +102,7 @@ def load_tfds(
     raise RuntimeError(
       f"tfds could not load {name!r} split {split!r} "
       f"(data_dir={data_dir!r}): {type(e).__name__}: {e}\n"
-      "Without network access, use images on disk instead: "
-      "--config.data.source=folder --config.data.folder=<path> with "
-      f"the layout {FOLDER_LAYOUT}."
+      f"Without network access: {offline_hint(base_name)}"
     ) from e
   if not batches:
     raise RuntimeError(f"tfds split {name!r} {split!r} is empty.")
@@ -112,6 +110,22 @@ def load_tfds(
   labels = np.concatenate([labels for _, labels in batches]).astype(np.int32)
   label_feature = info.features[info.supervised_keys[1]]
   return images.astype(np.uint8), labels, list(label_feature.names)
+
+
+def offline_hint(base_name: str) -> str:
+  """What to use instead of tfds without network access, the files
+  comparable with the paper first."""
+  folder = ("images on disk: --config.data.source=folder --config.data.folder=<path> with "
+            f"the layout {FOLDER_LAYOUT}")
+  if base_name == "cifar10":
+    return ("use the original CIFAR-10 files, the paper's input: --config.data.source="
+            "cifar10_python --config.data.folder=<cifar-10-python.tar.gz or the extracted "
+            f"folder>; or {folder} (a lossy copy such as JPEGs is not the paper's input).")
+  if base_name == "mnist":
+    return ("use the four official MNIST IDX files: --config.data.source=mnist "
+            "--config.data.folder=<the folder of train-images-idx3-ubyte(.gz) and the "
+            "other three>.")
+  return f"use {folder}."
 
 
 def load_dataset(data_config: Any) -> Dataset:

@@ -61,6 +61,12 @@ def default_feature_axes(layer: nn.Module) -> tuple[int, ...]:
       "feature_axes=<the axes of its kernel that index the output features>.")
 
 
+def _fields(layer: nn.Module) -> set[str]:
+  """The layer's dataclass fields: probing any other attribute of a
+  setup()-style layer would run its setup and register a second kernel."""
+  return {f.name for f in dataclasses.fields(layer)}
+
+
 class WeightNorm(nn.Module):
   """Weight normalization of any Linen layer with a kernel (paper eq. 2).
 
@@ -167,13 +173,9 @@ class WeightNorm(nn.Module):
   def __call__(self, *args, **kwargs) -> Array:
     check_init_order(self.init_order)
     check_g_start(self.g_start)
-    # The layer's dataclass fields only: probing any other attribute of a
-    # setup()-style layer would run its setup and register a second kernel.
-    fields = {f.name for f in dataclasses.fields(self.layer)}
-    updates = {"use_bias": False} if "use_bias" in fields else {}
-    layer = self.layer.clone(parent=None, **updates)
+    layer = self.plain_layer()
     use_bias = (self.use_bias if self.use_bias is not None
-                else (self.layer.use_bias if "use_bias" in fields else True))
+                else (self.layer.use_bias if "use_bias" in _fields(self.layer) else True))
     structs = [jax.ShapeDtypeStruct(jnp.shape(a), jnp.result_type(a)) for a in args]
     kernel_struct = self._kernel_struct(layer, structs, kwargs)
     axes = canonical_axes(
@@ -227,6 +229,14 @@ class WeightNorm(nn.Module):
       y = y + b.astype(y.dtype)
     return y
 
+  @nn.nowrap
+  def plain_layer(self) -> nn.Module:
+    """The wrapped layer, unbound and without its bias: what runs with the
+    kernel w (here, and in `wn_jax.fold`'s folded model)."""
+    updates = {"use_bias": False} if "use_bias" in _fields(self.layer) else {}
+    return self.layer.clone(parent=None, **updates)
+
+  @nn.nowrap
   def _name(self) -> str:
     path = '/'.join(self.scope.path)
     return f"WeightNorm({type(self.layer).__name__})" + (f" at '{path}'" if path else "")

@@ -27,9 +27,12 @@ from flax import nnx
 
 from wn_jax import folding, ops
 from wn_jax.layers import parameterization as linen_parameterization
+from wn_jax.layers.recurrent import fold_lstm
 from wn_jax.nnx import models
+from wn_jax.nnx.batch_norm import MeanOnlyBatchNorm
 from wn_jax.nnx.parameterization import NormalizedConv, NormalizedDense
-from wn_jax.nnx.plain import Frozen, default_v_init
+from wn_jax.nnx.plain import Frozen, PlainConv, PlainDense, default_v_init
+from wn_jax.nnx.recurrent import LSTMCell
 from wn_jax.nnx.weight_norm import WeightNorm
 
 PyTree = Any
@@ -103,23 +106,32 @@ def _values(module: nnx.Module | None, kind: type, names: tuple[str, ...]) -> di
 
 
 def fold(model: nnx.Module) -> nnx.Module:
-  """A folded copy of an NNX model built from `NormalizedConv`/`Dense`.
+  """A folded copy of an NNX model; `model` is not changed.
 
-  Every such layer of the copy gets parameterization 'folded': its `linear`
-  is a plain `Conv2D` / nnx.Linear holding the kernel and bias of
-  `folding.fold_layer` (w = g v/||v||, the frozen scale and both batch norms
-  folded in) and its `norm` is gone; `folded(x, train=False)` equals
-  `model(x, train=False)` (to float32 rounding). `model` is not changed.
+  A model written against the switch (a `parameterization` field and
+  `NormalizedConv`/`NormalizedDense` layers, e.g. `CifarNet`): every such
+  layer of the copy gets parameterization 'folded', its `linear` a plain
+  `Conv2D` / nnx.Linear holding the kernel and bias of `folding.fold_layer`
+  (w = g v/||v||, the frozen scale and both batch norms folded in) and its
+  `norm` gone. Any other model built from the public layers: every
+  `WeightNorm` becomes a `FoldedLayer` (the wrapped layer with kernel
+  g v/||v||, and the bias b), every data-initialised `PlainDense` /
+  `PlainConv` takes its frozen scale into its kernel, every
+  `MeanOnlyBatchNorm` becomes a `Bias` (b minus the running mean), every
+  'wn' `LSTMCell` the 'normal' cell of `fold_lstm`'s params; other modules
+  are kept. Either way the copy holds no v, g, frozen scale or running mean
+  of those layers and computes the model's eval-mode function (to float32
+  rounding).
   """
   parameterization = getattr(model, "parameterization", None)
   if parameterization == linen_parameterization.FOLDED:
     raise ValueError("The model is already folded.")
-  linen_parameterization.check_parameterization(parameterization)
   folded = nnx.clone(model)
   found = [node for _, node in nnx.iter_graph(folded)
            if isinstance(node, (NormalizedConv, NormalizedDense))]
-  if not found:
-    raise ValueError("fold found no NormalizedConv/NormalizedDense layer.")
+  if parameterization is None or not found:
+    return _fold_any(folded, type(model).__name__)
+  linen_parameterization.check_parameterization(parameterization)
   for layer in found:
     linear = _values(layer.linear, nnx.Param, ("v", "g", "b", "kernel"))
     frozen = _values(layer.linear, Frozen, ("scale",)).get("scale")
@@ -141,6 +153,85 @@ def fold(model: nnx.Module) -> nnx.Module:
     layer.linear, layer.norm = new.linear, new.norm
     layer.parameterization = linen_parameterization.FOLDED
   folded.parameterization = linen_parameterization.FOLDED
+  return folded
+
+
+class FoldedLayer(nnx.Module):
+  """A folded `WeightNorm`: the wrapped layer with kernel w = g v/||v|| and
+  no bias of its own, then the bias. Call it as the wrapped layer."""
+
+  def __init__(self, layer: nnx.Module, bias: jax.Array):
+    self.layer = layer
+    self.bias = nnx.Param(bias)
+
+  def __call__(self, *args, **kwargs) -> jax.Array:
+    y = self.layer(*args, **kwargs)
+    return y + self.bias[...].astype(y.dtype)
+
+
+class Bias(nnx.Module):
+  """A folded `MeanOnlyBatchNorm` in eval mode: x + (b - running mean)."""
+
+  def __init__(self, bias: jax.Array, dtype: Any = None):
+    self.bias = nnx.Param(bias)
+    self.dtype = dtype
+
+  def __call__(self, x: jax.Array, use_running_average: bool | None = None) -> jax.Array:
+    del use_running_average  # eval mode only
+    dtype = self.dtype or x.dtype
+    return x.astype(dtype) + self.bias[...].astype(dtype)
+
+
+def _folded_node(node: nnx.Module) -> nnx.Module | None:
+  """The folded form of one layer (None: not a layer that folds)."""
+  if isinstance(node, WeightNorm):
+    w = ops.weight_normalized_kernel(node.v[...], node.g[...], node.feature_axes,
+                                     node.norm_epsilon).astype(node.v.dtype)
+    layer = nnx.merge(node.layer_graphdef, nnx.State({node.kernel_name: nnx.Param(w)}))
+    bias = node.b[...] if node.b is not None else jnp.zeros(node.feature_shape, node.g.dtype)
+    return FoldedLayer(layer, bias)
+  if isinstance(node, MeanOnlyBatchNorm):
+    mean = node.mean[...]
+    bias = node.b[...] - mean if node.b is not None else -mean
+    return Bias(bias.astype(mean.dtype), node.dtype)
+  if isinstance(node, LSTMCell) and node.parameterization == "wn":
+    params = {name: value[...] for name, value in vars(node).items()
+              if isinstance(value, nnx.Param)}
+    plain_params = fold_lstm(params)
+    cell = LSTMCell(node.v.shape[0], node.features, parameterization="normal",
+                    peepholes=node.peepholes, param_dtype=node.param_dtype, rngs=nnx.Rngs(0))
+    for name, value in plain_params.items():
+      getattr(cell, name).set_value(value)
+    return cell
+  return None
+
+
+def _fold_any(folded: nnx.Module, name: str) -> nnx.Module:
+  """`fold`'s second form, on the copy `folded`, in place."""
+  count = 0
+  for path, node in list(nnx.iter_graph(folded)):
+    if isinstance(node, (PlainDense, PlainConv)) and node.scale is not None:
+      node.kernel.set_value(node.kernel[...] * node.scale[...].astype(node.kernel.dtype))
+      node.scale = nnx.data(None)
+      node.data_init = False
+      count += 1
+      continue
+    new = _folded_node(node)
+    if new is None:
+      continue
+    if not path:
+      return new  # the model is itself one layer
+    parent = folded
+    for key in path[:-1]:
+      parent = parent[key] if isinstance(key, int) else getattr(parent, key)
+    if isinstance(path[-1], int):
+      parent[path[-1]] = new
+    else:
+      setattr(parent, path[-1], new)
+    count += 1
+  if not count:
+    raise ValueError(f"fold found no layer to fold in {name} (no WeightNorm, data-initialised "
+                     "PlainDense/PlainConv, MeanOnlyBatchNorm or 'wn' LSTMCell).")
   return folded
 
 
