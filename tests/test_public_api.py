@@ -13,18 +13,19 @@ import wn_jax
 from wn_jax import layers, nnx
 
 EXPORTS = {
-    wn_jax: ["MeanOnlyBatchNorm", "WNConv", "WNDense", "WeightNorm", "fold", "layers", "nnx"],
+    wn_jax: ["MeanOnlyBatchNorm", "WNConv", "WNDense", "WeightNorm", "fold", "layers", "nnx",
+             "no_data_init"],
     layers: [
         "BatchNorm", "Conv2D", "INIT_ORDERS", "LSTMCell", "MeanOnlyBatchNorm", "NORM_EPSILON",
         "NormalizedConv", "NormalizedDense", "PARAMETERIZATIONS", "PlainConv", "PlainDense",
         "WNConv", "WNConvTranspose", "WNDense", "WeightNorm", "default_feature_axes",
-        "fold_lstm",
+        "default_v_init", "fold_lstm", "no_data_init",
     ],
     nnx: [
         "BatchNorm", "CifarNet", "Conv2D", "Frozen", "INIT_ORDERS", "LSTMCell",
         "MeanOnlyBatchNorm", "NORM_EPSILON", "NormalizedConv", "NormalizedDense", "PARAMETERIZATIONS", "PlainConv",
-        "PlainDense", "WeightNorm", "data_init", "default_feature_axes", "fold", "from_linen",
-        "to_linen",
+        "PlainDense", "WeightNorm", "data_init", "default_feature_axes", "default_v_init",
+        "fold", "from_linen", "to_linen",
     ],
 }
 MODULES = pytest.mark.parametrize("module", list(EXPORTS), ids=lambda m: m.__name__)

@@ -45,7 +45,7 @@ SLOW = {
 
 # What a block must print, as its comments in README show.
 EXPECTED_OUTPUT = {
-    "Use the layers in your own model": ["'v': (3, 3, 3, 32)"],
+    "Use the layers in your own model": ["'v': (3, 3, 3, 32)", "folded: True"],
     "Weight-normalize any layer, fold and export": ["'v': (5, 2, 64)", "same logits: True"],
 }
 

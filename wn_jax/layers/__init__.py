@@ -93,7 +93,7 @@ exists. The module paths above hold the same objects.
 """
 
 from wn_jax.layers.batch_norm import BatchNorm, MeanOnlyBatchNorm
-from wn_jax.layers.data_init import INIT_ORDERS, no_data_init
+from wn_jax.layers.data_init import INIT_ORDERS, default_v_init, no_data_init
 from wn_jax.layers.parameterization import PARAMETERIZATIONS, NormalizedConv, NormalizedDense
 from wn_jax.layers.plain import Conv2D, PlainConv, PlainDense
 from wn_jax.layers.recurrent import LSTMCell, fold_lstm
@@ -103,6 +103,6 @@ from wn_jax.layers.wn_layers import WNConv, WNConvTranspose, WNDense
 __all__ = [
     "BatchNorm", "Conv2D", "INIT_ORDERS", "LSTMCell", "MeanOnlyBatchNorm", "NORM_EPSILON",
     "NormalizedConv", "NormalizedDense", "PARAMETERIZATIONS", "PlainConv", "PlainDense",
-    "WNConv", "WNConvTranspose", "WNDense", "WeightNorm", "default_feature_axes", "fold_lstm",
-    "no_data_init",
+    "WNConv", "WNConvTranspose", "WNDense", "WeightNorm", "default_feature_axes",
+    "default_v_init", "fold_lstm", "no_data_init",
 ]
