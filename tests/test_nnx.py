@@ -457,14 +457,13 @@ def test_nnx_data_init_refuses_a_batch_of_one():
 
 
 @pytest.mark.parametrize("jit", [False, True])
-def test_nnx_constant_units_keep_their_plain_start_and_are_counted(jit):
+def test_nnx_constant_units_get_scale_one_and_are_counted(jit):
   layer = wnx.WeightNorm(nnx.Linear(3, 4, rngs=nnx.Rngs(0)), rngs=nnx.Rngs(1))
-  norm = np.sqrt(np.sum(np.square(np.asarray(layer.v[...])), axis=0))
   init = nnx.jit(wnx.data_init) if jit else wnx.data_init
   with pytest.warns(UserWarning, match="4 of 4 units have a variance <= 1e-08"):
     init(layer, jnp.ones((5, 3)))
     jax.effects_barrier()
-  np.testing.assert_allclose(layer.g[...], norm, rtol=1e-5)  # not 1e4
+  np.testing.assert_allclose(layer.g[...], np.ones(4))  # g = 1, not 1e4
 
 
 def test_nnx_cifar_net_in_training_mode_asks_for_its_rngs():
@@ -502,3 +501,18 @@ def test_a_user_nnx_model_folds_to_plain_kernels():
   assert not names & {"v", "g", "recurrent_v", "recurrent_g", "scale", "mean"}
   assert isinstance(model.conv, wnx.WeightNorm)  # the model itself is unchanged
   np.testing.assert_allclose(folded(x), model(x), rtol=1e-5, atol=1e-5)
+
+
+def test_both_wrappers_take_v_from_the_wrapped_layer_s_own_init():
+  """One rule for the Linen and the NNX WeightNorm: v is the wrapped layer's
+  own kernel draw (here orthogonal), b starts at 0 whatever its bias_init."""
+  orthogonal = nn.initializers.orthogonal()
+  ones = nn.initializers.ones
+  with wn_jax.no_data_init():
+    linen = wn_jax.WeightNorm(nn.Dense(4, kernel_init=orthogonal, bias_init=ones)).init(
+        jax.random.key(0), jnp.ones((2, 4)))["params"]
+  twin = wnx.WeightNorm(nnx.Linear(4, 4, kernel_init=orthogonal, bias_init=ones,
+                                   rngs=nnx.Rngs(0)))
+  for v, b in ((linen["v"], linen["b"]), (twin.v[...], twin.b[...])):
+    np.testing.assert_allclose(np.asarray(v).T @ np.asarray(v), np.eye(4), atol=1e-5)
+    np.testing.assert_array_equal(b, np.zeros(4))

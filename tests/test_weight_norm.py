@@ -408,22 +408,23 @@ def test_a_batch_of_one_cannot_set_a_scale_and_says_what_to_do():
 
 
 @pytest.mark.parametrize("jit", [False, True])
-def test_a_constant_unit_keeps_its_plain_start_and_is_counted(jit):
-  """jnp.ones as the init batch: every unit's variance is 0; g must not be
-  init_scale/sqrt(epsilon) (1e4) but the plain start, and a warning counts
-  the units. A real feature beside a constant one is set as usual."""
+def test_a_constant_unit_gets_scale_one_and_is_counted(jit):
+  """A constant feature in the init batch: a unit that sees only it has
+  variance 0; its g must not be init_scale/sqrt(epsilon) (1e4) but 1, and a
+  warning counts such units. A unit that sees the varying input is set as
+  usual."""
   x = np.ones((6, 3), np.float32)
   x[:, 0] = np.arange(6)  # one input varies: only units that ignore it are constant
   v = np.zeros((3, 4), np.float32)
   v[0, :2] = 1.0  # units 0, 1 see the varying input; units 2, 3 a constant one
-  v[1:, 2:] = np.eye(2)
+  v[1:, 2:] = 3.0 * np.eye(2)  # ||v|| = 3: g = 1, not ||v||
   layer = wn_jax.WNDense(4, v_init=lambda *_: jnp.asarray(v))
   init = jax.jit(layer.init) if jit else layer.init
   with pytest.warns(UserWarning, match="2 of 4 units have a variance <= 1e-08"):
     g = init(jax.random.key(0), x)["params"]["g"]
     jax.effects_barrier()
   np.testing.assert_allclose(g[:2], 1 / np.std(np.arange(6)), rtol=1e-5)
-  np.testing.assert_allclose(g[2:], 1.0, rtol=1e-5)  # ||v|| of those units
+  np.testing.assert_allclose(g[2:], 1.0, rtol=1e-5)
   with pytest.warns(UserWarning, match="3 of 3 units"):  # the plain layer: scale 1
     variables = wn_jax.layers.PlainDense(3).init(jax.random.key(0), jnp.ones((5, 2)))
     jax.effects_barrier()

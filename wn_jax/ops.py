@@ -296,7 +296,6 @@ def data_init_scale_and_bias(
     epsilon: float,
     axis_name: str | None = None,
     num_feature_dims: int = 1,
-    fallback_scale: Array | float = 1.0,
     layer: str = "a layer",
 ) -> tuple[Array, Array]:
   """The data-dependent init (paper section 2.2) from a layer's output t.
@@ -308,9 +307,6 @@ def data_init_scale_and_bias(
     epsilon: added to the variance.
     axis_name: mapped axis to average the statistics over (shard_map/pmap).
     num_feature_dims: how many trailing axes of t index the features.
-    fallback_scale: the scale, shape F or scalar, of a unit whose variance
-      is at most `epsilon` (the layer's plain start: ||v|| or 1 for WN, 1
-      for a plain layer).
     layer: the layer's name, for the messages.
 
   Returns:
@@ -321,9 +317,11 @@ def data_init_scale_and_bias(
   A unit whose variance over the init batch is at most `epsilon` (a
   constant batch such as `jnp.ones`, a constant feature, or a unit
   connected to nothing, like a MADE's first output) has no scale to
-  measure: it takes `fallback_scale` instead of init_scale/sqrt(epsilon)
-  (~1e4), its bias still centres it, and a `UserWarning` counts such units
-  (eagerly and under jit, through `jax.debug.callback`). Fewer than 2
+  measure: it takes scale 1 (WN: g = 1, a unit-norm w; a plain layer: its
+  kernel as drawn) instead of init_scale/sqrt(epsilon) (~1e4), its bias
+  still centres it, and a `UserWarning` counts such units (eagerly and
+  under jit, through `jax.debug.callback`). Every other unit's scale is
+  the formula's, to the bit. Fewer than 2
   values per unit over the reduced axes (a batch of one example in a dense
   layer) is a ValueError: no standard deviation exists.
   """
@@ -337,8 +335,7 @@ def data_init_scale_and_bias(
         "`wn_jax.nnx.data_init` (NNX).")
   mean, var = batch_mean_and_var(t, axis_name, num_feature_dims)
   degenerate = var <= epsilon
-  scale = jnp.where(degenerate, jnp.asarray(fallback_scale, jnp.float32),
-                    init_scale * lax.rsqrt(var + epsilon))
+  scale = jnp.where(degenerate, 1.0, init_scale * lax.rsqrt(var + epsilon))
   jax.debug.callback(functools.partial(_warn_degenerate_units, layer=layer, epsilon=epsilon),
                      jnp.sum(degenerate), degenerate.size)
   return scale, -mean * scale
@@ -348,8 +345,8 @@ def _warn_degenerate_units(count, total, *, layer: str, epsilon: float) -> None:
   if int(count):
     warnings.warn(
         f"Data-dependent init of {layer}: {int(count)} of {int(total)} units have a variance "
-        f"<= {epsilon:g} on the init batch (a constant batch or feature?); they keep the "
-        "layer's plain start instead of init_scale/sqrt(epsilon). Init on real examples, "
+        f"<= {epsilon:g} on the init batch (a constant batch or feature?); they get scale 1 "
+        "(WN: g = 1) instead of init_scale/sqrt(epsilon). Init on real examples, "
         "or without data (`wn_jax.no_data_init()`).", UserWarning, stacklevel=2)
 
 

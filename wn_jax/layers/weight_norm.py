@@ -210,7 +210,7 @@ class WeightNorm(nn.Module):
       t = run((v.astype(jnp.float32) / norm).astype(v.dtype))
       g_init, b_init = data_init_scale_and_bias(
           t, self.init_scale, self.epsilon, self.axis_name, len(feature_shape),
-          fallback_scale=start_scale(norm_features, self.g_start), layer=self._name())
+          layer=self._name())
     else:
       g_init = start_scale(norm_features, self.g_start)
       b_init = jnp.zeros(feature_shape, jnp.float32)

@@ -192,7 +192,6 @@ class WeightNorm(DataInitLayer):
       t = self._run((v.astype(jnp.float32) / norm).astype(v.dtype), args, kwargs)
       g, b = ops.data_init_scale_and_bias(
           t, self.init_scale, self.epsilon, self.axis_name, len(self.feature_shape),
-          fallback_scale=ops.start_scale(norm.reshape(self.feature_shape), self.g_start),
           layer=f"wn_jax.nnx.WeightNorm({self.layer_type})")
       self.g.set_value(g.astype(self.g.dtype))
       if self.b is not None:
