@@ -80,7 +80,7 @@ def test_the_arm_label_names_the_reading_of_normal_and_the_g_start():
   assert (label("normal"), label("normal,direct"), label("wn,direct")) == (
       "normal", "normal (w direct)", "wn")
   label = lambda arg: plot.arm_label(json.loads(mnist_draw.get_config(arg).to_json()))  # noqa: E731
-  assert (label("wn"), label("wn,g_norm"), label("normal")) == ("wn", "wn (g = ||v||)", "normal")
+  assert (label("wn"), label("wn,g_norm"), label("normal")) == ("wn", "wn (g = ‖v‖)", "normal")
 
 
 def test_a_diverged_run_puts_the_loss_panel_on_a_log_axis(tmp_path, monkeypatch):

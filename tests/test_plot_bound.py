@@ -35,3 +35,18 @@ def test_the_table_pairs_seeds_and_the_figure_is_written(tmp_path):
   assert "| wn | 1 | test_iwae_k8_n4 -89.00 |" in lines
   groups = plot_bound.group_by_parameterization(runs)
   assert [epoch for epoch, _ in groups["wn"][0]["subset"]] == [0.5, 1.0, 1.5, 2.0]
+
+
+def test_the_paper_overlay_and_the_chosen_epochs(tmp_path):
+  import pytest
+  runs = [_write_run(tmp_path / "w0", "wn", 0, [-150.0, -130.0, -119.0], [-160, -150]),
+          _write_run(tmp_path / "n0", "normal", 0, [-200.0, -190.0, -180.0], [-205, -200])]
+  table = plot_bound.plot_bound(runs, str(tmp_path / "fig4.png"), paper="figure4",
+                                table_epochs=[1, 3])
+  assert (tmp_path / "fig4.png").stat().st_size > 0
+  rows = [line for line in table.splitlines() if line.startswith(("| wn |", "| normal |"))
+          and "test_iwae" not in line]
+  assert [row.split("|")[2].strip() for row in rows] == ["1", "3", "1", "3"]
+  assert plot_bound.PAPER_CURVES["figure4"]["wn"][1] == (10, -102.4)
+  with pytest.raises(ValueError, match="paper must be one of"):
+    plot_bound.plot_bound(runs, str(tmp_path / "x.png"), paper="figure9")

@@ -182,7 +182,7 @@ def data_label(config: dict) -> str:
 def arm_label(config: dict) -> str:
   """What a run's arm is, from its config: the parameterization, and the
   start or reading where the config offers two ('normal (w direct)' for
-  `model.normal_weights='direct'`, 'wn (g = ||v||)' for DRAW's
+  `model.normal_weights='direct'`, 'wn (g = ‖v‖)' for DRAW's
   `model.g_start='norm'`)."""
   model = config["model"]
   label = model["parameterization"]
@@ -190,7 +190,7 @@ def arm_label(config: dict) -> str:
       and label in ("normal", "mobn")):
     label += " (w direct)"
   if model.get("g_start", "one") == "norm" and label == "wn":
-    label += " (g = ||v||)"
+    label += " (g = ‖v‖)"
   return label
 
 

@@ -76,10 +76,36 @@ def mean_and_standard_error(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]
   return values.mean(0), spread
 
 
-def plot_bound(workdirs: Sequence[str], output: str, title: str | None = None) -> str:
-  """Draws the figure into `output`; returns the markdown table."""
+# The paper's Figure 4 (DRAW on MNIST, test bound in nats per image), read off
+# the figure to +-0.5 nat (docs/DRAW.md): WN crosses -120 at about epoch 5,
+# normal at about epoch 37; both end unconverged at 100 epochs.
+PAPER_CURVES = {
+    "figure4": {
+        "wn": ((5, -118.0), (10, -102.4), (20, -93.7), (30, -90.5), (40, -88.6),
+               (50, -87.6), (60, -86.7), (70, -86.2), (80, -85.7), (90, -85.4),
+               (100, -85.1)),
+        "normal": ((37, -120.0), (40, -115.0), (50, -101.6), (60, -95.4), (70, -93.2),
+                   (80, -91.3), (90, -90.7), (100, -89.6)),
+    },
+}
+# The paper's axes of each figure: (x range, y range).
+PAPER_AXES = {"figure4": ((0, 100), (-120, -80))}
+
+
+def plot_bound(workdirs: Sequence[str], output: str, title: str | None = None,
+               paper: str | None = None, table_epochs: Sequence[int] | None = None) -> str:
+  """Draws the figure into `output`; returns the markdown table.
+
+  `paper` ('figure4'): overlays the paper's curve of each arm (black marks)
+  and adds a third panel on the paper's own axes (Figure 4: epochs 0-100,
+  -120 to -80 nats). `table_epochs`: the table's rows at these epochs only.
+  """
   groups = group_by_parameterization(workdirs)
-  fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+  if paper is not None and paper not in PAPER_CURVES:
+    raise ValueError(f"paper must be one of {sorted(PAPER_CURVES)}, got {paper!r}.")
+  panels = 3 if paper else 2
+  fig, axes = plt.subplots(1, panels, figsize=(5.5 * panels, 4))
+  left, right = axes[0], axes[1]
   for i, (name, runs) in enumerate(groups.items()):
     color = f"C{i % 10}"
     label = f"{name} ({len(runs)} seed{'s' if len(runs) > 1 else ''})"
@@ -98,7 +124,9 @@ def plot_bound(workdirs: Sequence[str], output: str, title: str | None = None) -
            title="fixed test subset, raw parameters")
   right.set(xlabel="training epochs", ylabel="test bound (nats per image)",
             title="whole test set (dashed: averaged parameters)")
-  for ax in (left, right):
+  if paper:
+    _draw_paper(axes[2], right, groups, paper)
+  for ax in axes:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
   if title:
@@ -106,26 +134,53 @@ def plot_bound(workdirs: Sequence[str], output: str, title: str | None = None) -
   fig.tight_layout()
   fig.savefig(output, dpi=120)
   plt.close(fig)
-  return bound_table(groups)
+  return bound_table(groups, table_epochs)
 
 
-def bound_table(groups: dict[str, list[dict]]) -> str:
+def _draw_paper(zoom, right, groups: dict[str, list[dict]], paper: str) -> None:
+  """The paper's curves on the whole-test-set panel and on `zoom`, which
+  shows our runs on the paper's axes."""
+  markers = {"wn": "s", "normal": "^"}
+  for i, (name, runs) in enumerate(groups.items()):
+    x, values = _series(runs, "epochs", "test_elbo")
+    mean, _ = mean_and_standard_error(values)
+    zoom.plot(x, mean, color=f"C{i % 10}", marker="o", markersize=3,
+              label=f"{name} ({len(runs)} seed{'s' if len(runs) > 1 else ''})")
+  for name, points in PAPER_CURVES[paper].items():
+    px, py = zip(*points)
+    for ax in (right, zoom):
+      ax.plot(px, py, color="black", linestyle=":", marker=markers.get(name, "x"),
+              markersize=4, label=f"paper: {name}")
+  (x0, x1), (y0, y1) = PAPER_AXES[paper]
+  zoom.set(xlim=(x0, x1), ylim=(y0, y1), xlabel="training epochs",
+           ylabel="test bound (nats per image)", title=f"the paper's axes ({paper})")
+
+
+def bound_table(groups: dict[str, list[dict]], epochs: Sequence[int] | None = None) -> str:
   """Markdown: per parameterization and epoch, the test bound (raw and
-  averaged) as mean, standard error and the per-seed values; the paired
-  difference to the first group (same seeds); the final IWAE bound."""
+  averaged) as mean, standard error and the per-seed values, with the KL
+  where the runs record it; the paired difference to the first group (same
+  seeds); the final IWAE bound. `epochs`: those rows only."""
   names = list(groups)
+  with_kl = all("test_kl" in run["epochs"][0] for runs in groups.values() for run in runs)
   lines = ["| parameterization | epoch | seeds | test ELBO, raw: mean +- s.e. (per seed) | "
-           f"averaged | raw minus {names[0]}, paired (per seed) |",
-           "| --- | --- | --- | --- | --- | --- |"]
+           + ("KL (per seed) | " if with_kl else "")
+           + f"averaged | raw minus {names[0]}, paired (per seed) |",
+           "| --- | --- | --- | --- | " + ("--- | " if with_kl else "") + "--- | --- |"]
   _, reference = _series(groups[names[0]], "epochs", "test_elbo")
   for name, runs in groups.items():
     x, raw = _series(runs, "epochs", "test_elbo")
     averaged = (_series(runs, "epochs", "ema_test_elbo")[1]
                 if "ema_test_elbo" in runs[0]["epochs"][0] else None)
+    kl = _series(runs, "epochs", "test_kl")[1] if with_kl else None
     for t, epoch in enumerate(x):
+      if epochs is not None and epoch not in epochs:
+        continue
       mean, spread = mean_and_standard_error(raw[:, t:t + 1])
       row = (f"| {name} | {epoch:g} | {raw.shape[0]} | {mean[0]:.2f} +- {spread[0]:.2f} "
              f"({', '.join(f'{v:.2f}' for v in raw[:, t])}) | ")
+      if kl is not None:
+        row += f"{', '.join(f'{v:.2f}' for v in kl[:, t])} | "
       row += (f"{averaged[:, t].mean():.2f} | " if averaged is not None else "- | ")
       paired = (raw[:, t] - reference[:raw.shape[0], t]
                 if reference.shape[1] > t and reference.shape[0] >= raw.shape[0] else None)
@@ -148,8 +203,14 @@ def main(argv: Sequence[str] | None = None) -> None:
   parser.add_argument("workdirs", nargs="+", help="run folders (metrics.jsonl + config.json)")
   parser.add_argument("-o", "--output", required=True, help="the figure (.png)")
   parser.add_argument("--title", default=None)
+  parser.add_argument("--paper", default=None, choices=sorted(PAPER_CURVES),
+                      help="overlay the paper's curves and add a panel on its axes")
+  parser.add_argument("--table-epochs", default=None,
+                      help="comma-separated epochs: the table's rows at these only")
   args = parser.parse_args(argv)
-  print(plot_bound(args.workdirs, args.output, args.title))
+  table_epochs = ([int(e) for e in args.table_epochs.split(",")] if args.table_epochs
+                  else None)
+  print(plot_bound(args.workdirs, args.output, args.title, args.paper, table_epochs))
 
 
 if __name__ == "__main__":
