@@ -31,9 +31,9 @@ sys.path[:0] = [os.path.dirname(ANALYSIS_DIR), ANALYSIS_DIR]
 from init_order_stats import layer_statistics  # noqa: E402
 
 from configs import cifar  # noqa: E402
-from wn_jax import config_checks  # noqa: E402
 from wn_jax.data import cache  # noqa: E402
 from wn_jax.tasks import classification  # noqa: E402
+from wn_jax.trainer import config_checks
 
 
 def read_config(workdir: str) -> ml_collections.ConfigDict:

@@ -42,9 +42,9 @@ import numpy as np
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO_ROOT)
 from configs import atari_dqn  # noqa: E402
-from wn_jax import steps  # noqa: E402
 from wn_jax.data import atari  # noqa: E402
 from wn_jax.tasks import dqn  # noqa: E402
+from wn_jax.trainer import steps
 
 PAPER_EPOCHS, PAPER_TRAIN_STEPS, PAPER_TEST_STEPS = 200, 250_000, 125_000
 

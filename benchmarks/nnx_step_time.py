@@ -3,9 +3,9 @@ r"""The NNX train step against the Linen one: same config, same loop step.
     python benchmarks/nnx_step_time.py                      # quick preset, wn
     python benchmarks/nnx_step_time.py --variant wn_mobn --width 96 --reps 20
 
-Both steps are `wn_jax.steps.train_step`, jitted with the state donated,
+Both steps are `wn_jax.trainer.steps.train_step`, jitted with the state donated,
 on random 32x32x3 input: once with the Linen `models.CifarNet` of `configs/cifar.py:<variant>`, once with its NNX twin
-`wn_jax.nnx.functional.FunctionalCifarNet.like(...)` (`nnx.merge` of the
+`wn_jax.models.functional.FunctionalCifarNet.like(...)` (`nnx.merge` of the
 split graph with the state inside the step). The two steps run interleaved
 (rep 1 of each, then rep 2, ...), so drifting load from other processes
 hits both alike; reported: median and min wall time per step, blocking on
@@ -29,9 +29,9 @@ import jax.numpy as jnp
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from configs import cifar  # noqa: E402
-from wn_jax import steps  # noqa: E402
-from wn_jax.nnx.functional import FunctionalCifarNet  # noqa: E402
+from wn_jax.models.functional import FunctionalCifarNet  # noqa: E402
 from wn_jax.tasks import classification  # noqa: E402
+from wn_jax.trainer import steps
 
 NUM_CLASSES = 10
 STEPS_PER_EPOCH = 500

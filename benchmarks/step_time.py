@@ -67,8 +67,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO_ROOT)
 from configs import cifar, common  # noqa: E402
-from wn_jax import config_checks, steps  # noqa: E402
 from wn_jax.tasks import classification  # noqa: E402
+from wn_jax.trainer import config_checks, steps
 
 NUM_CLASSES = 10
 IMAGE_SHAPE = (32, 32, 3)

@@ -33,8 +33,8 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from configs import cifar  # noqa: E402
-from wn_jax import placement, steps  # noqa: E402
 from wn_jax.tasks import classification  # noqa: E402
+from wn_jax.trainer import placement, steps
 
 PAPER_STEPS = 200 * 500  # 200 epochs of 500 batches of 100
 

@@ -32,7 +32,7 @@ def add_distributed_and_sweep(config: ml_collections.ConfigDict) -> None:
   config.distributed.coordinator_address = ""  # e.g. '10.0.0.1:1234'
   config.distributed.num_processes = 0
   config.distributed.process_id = -1
-  # Many members in one program (wn_jax/sweep.py): per-member values, zipped;
+  # Many members in one program (wn_jax/trainer/sweep.py): per-member values, zipped;
   # empty = the base value. E.g. --config.sweep.learning_rate='(3e-4, 1e-3)'.
   config.sweep = ml_collections.ConfigDict()
   config.sweep.seed = ()

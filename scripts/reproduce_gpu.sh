@@ -67,7 +67,7 @@
 # says how far it got, and the status line says it was stopped).
 # Preparing the data (join, check, extract, re-encode, whiten) happens
 # before a run's budget starts. `bench` shares one BUDGET_S over its steps.
-# The whole protocol without a time limit: `python -m wn_jax.experiments`.
+# The whole protocol without a time limit: `python -m wn_jax.study.experiments`.
 #
 # Records (config.json + metrics.jsonl of every run, no checkpoints) are
 # packed into OUT_DIR/records_LABEL.tgz every 30 s and at the end, so they
@@ -253,7 +253,7 @@ train() {
       data_dir=$data_root/original_jpeg_q$q
       local original
       original=$(original_dir)
-      [ -d "$data_dir" ] || python3 -m wn_jax.reencode "$original" "$data_dir" \
+      [ -d "$data_dir" ] || python3 -m wn_jax.study.reencode "$original" "$data_dir" \
         --source cifar10_python --quality "$q" --subsampling 4:2:0 \
         > "$logs/reencode_q$q.log" 2>&1 ;;
     *) data_dir=$(original_dir) ;;

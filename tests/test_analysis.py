@@ -10,7 +10,7 @@ import pytest
 from conftest import tiny_config
 
 from configs import cifar
-from wn_jax import train
+from wn_jax.trainer import train
 
 ANALYSIS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "analysis")
 

@@ -12,9 +12,9 @@ import pytest
 from conftest import read_records
 
 from configs import atari_dqn, minatar_dqn
-from wn_jax import config_checks, train
 from wn_jax.data import replay as replay_lib
 from wn_jax.tasks import dqn
+from wn_jax.trainer import config_checks, train
 
 needs_ale = pytest.mark.skipif(importlib.util.find_spec("ale_py") is None,
                                reason="needs the rl extra: pip install -e '.[test,rl]'")

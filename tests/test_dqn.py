@@ -11,10 +11,10 @@ import pytest
 from conftest import read_records
 
 from configs import minatar_dqn
-from wn_jax import config_checks, steps, train
 from wn_jax.data import replay as replay_lib
 from wn_jax.models.dqn import QNetwork
 from wn_jax.tasks import dqn
+from wn_jax.trainer import config_checks, steps, train
 
 # The environment's tests need the rl extra (gymnax), which caps jax below
 # 0.12; `pip install -e '.[test,rl]'` (README) installs it, and CI runs them.

@@ -10,10 +10,10 @@ from conftest import read_records
 from PIL import Image
 
 from configs import mnist_draw
-from wn_jax import config_checks, train
 from wn_jax.models.draw import DRAW, DRAWOutput, plain_from_weight_norm
-from wn_jax.program import Members, member_epoch_rows
 from wn_jax.tasks import draw
+from wn_jax.trainer import config_checks, train
+from wn_jax.trainer.program import Members, member_epoch_rows
 
 
 def _tiny_model(parameterization="wn", **kwargs):
@@ -217,7 +217,7 @@ def test_a_draw_run_records_its_bound_and_resumes_bitwise(tiny_mnist, tmp_path):
 
 
 def test_an_animated_picture_is_written_as_a_gif_of_its_frames(tmp_path):
-  from wn_jax.records import _MemberRecords
+  from wn_jax.trainer.records import _MemberRecords
   record = _MemberRecords(str(tmp_path), mnist_draw.get_config(), None)
   frames = np.stack([np.full((5, 7, 1), 40 * i, np.uint8) for i in range(4)])
   record.write_images(3, {"animation": frames, "still": frames[2]})

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from conftest import tiny_config
 
-from wn_jax import config_checks, steps, train
 from wn_jax.tasks import classification
+from wn_jax.trainer import config_checks, steps, train
 
 
 @pytest.mark.slow  # 46 s on the 2-core CPU

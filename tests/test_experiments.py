@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from wn_jax import experiments
+from wn_jax.study import experiments
 
 
 def test_experiments_hold_the_runs_the_claims_need():

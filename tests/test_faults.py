@@ -16,8 +16,8 @@ import pytest
 from conftest import REPO_ROOT, tiny_config
 
 from configs import cifar
-from wn_jax import records, steps, train
 from wn_jax.data import sources
+from wn_jax.trainer import records, steps, train
 
 
 def _loader_that_must_not_run(config):

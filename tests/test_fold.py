@@ -7,8 +7,8 @@ import pytest
 from flax import linen as nn
 
 import wn_jax
-from wn_jax import folding, layers, models
-from wn_jax.layers import wn_layers
+from wn_jax import layers, models
+from wn_jax.layers import folding, wn_layers
 from wn_jax.layers.parameterization import FOLDED
 
 PARAMETERIZATIONS = ("normal", "wn", "bn", "mobn", "wn_mobn")

@@ -1,10 +1,10 @@
-"""wn_jax.matching: a copy matched to its originals, and their pixel distance."""
+"""wn_jax.study.matching: a copy matched to its originals, and their pixel distance."""
 
 import numpy as np
 import pytest
 from conftest import perturbed, random_originals
 
-from wn_jax import matching
+from wn_jax.study import matching
 
 # ---------------------------------------------------------------------------
 # Matching.

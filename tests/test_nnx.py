@@ -404,7 +404,7 @@ def test_readme_nnx_example_runs_and_prints_what_the_readme_shows(capsys):
 @pytest.mark.parametrize("parameterization", ["normal", "wn_mobn"])
 @pytest.mark.slow  # 24 s on the 2-core CPU
 def test_functional_model_inits_and_applies_as_the_linen_model(parameterization):
-  from wn_jax.nnx.functional import FunctionalCifarNet
+  from wn_jax.models.functional import FunctionalCifarNet
   x = jax.random.normal(jax.random.key(0), (20, 12, 12, 3)) * 2 + 1
   rngs = {"params": jax.random.key(1), "noise": jax.random.key(2),
           "dropout": jax.random.key(3)}

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from conftest import tiny_config
 
-from wn_jax import config_checks, train
+from wn_jax.trainer import config_checks, train
 
 
 def _records(directory):

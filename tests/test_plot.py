@@ -6,7 +6,7 @@ import os
 import pytest
 
 from configs import cifar
-from wn_jax import plot
+from wn_jax.study import plot
 
 
 def _fake_workdir(root, parameterization, lr, seed, final_error):

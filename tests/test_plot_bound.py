@@ -1,8 +1,8 @@
-"""wn_jax.plot_bound: the Figure 3 style plot and its table, from records."""
+"""wn_jax.study.plot_bound: the Figure 3 style plot and its table, from records."""
 
 import json
 
-from wn_jax import plot_bound
+from wn_jax.study import plot_bound
 
 
 def _write_run(folder, parameterization, seed, elbos, subset):

@@ -1,10 +1,10 @@
-"""wn_jax.plot_returns: the Figure 5 style plot and the best/last table, from records."""
+"""wn_jax.study.plot_returns: the Figure 5 style plot and the best/last table, from records."""
 
 import json
 
 import pytest
 
-from wn_jax import plot_returns
+from wn_jax.study import plot_returns
 
 
 def _write_run(folder, parameterization, lr, seed, returns):

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import pytest
 from conftest import tiny_config
 
-from wn_jax import config_checks, train
+from wn_jax.trainer import config_checks, train
 
 
 @pytest.mark.parametrize("precision", ["default", "highest"])

@@ -49,8 +49,7 @@ def test_readme_imports():
 
 
 def test_short_and_module_paths_are_the_same_objects():
-  from wn_jax import folding
-  from wn_jax.layers import batch_norm, parameterization, plain, weight_norm, wn_layers
+  from wn_jax.layers import batch_norm, folding, parameterization, plain, weight_norm, wn_layers
   from wn_jax.nnx import weight_norm as nnx_weight_norm
   assert wn_jax.WeightNorm is layers.WeightNorm is weight_norm.WeightNorm
   assert wn_jax.WNConv is layers.WNConv is wn_layers.WNConv
@@ -71,7 +70,7 @@ def test_short_and_module_paths_are_the_same_objects():
         "import wn_jax.layers.batch_norm; import wn_jax.nnx; from wn_jax import layers",
         "from wn_jax.layers.wn_layers import WNConv; from wn_jax import layers",
         "from wn_jax.nnx.convert import fold; from wn_jax import layers",
-        "import wn_jax.folding; from wn_jax import layers",
+        "import wn_jax.layers.folding; from wn_jax import layers",
     ]),
 ])
 def test_no_import_cycle_in_any_order(imports):

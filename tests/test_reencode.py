@@ -1,4 +1,4 @@
-"""Tests for wn_jax.reencode on tiny generated folders."""
+"""Tests for wn_jax.study.reencode on tiny generated folders."""
 
 import os
 
@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from wn_jax import reencode
 from wn_jax.data import cifar10
 from wn_jax.data.folder import load_folder
+from wn_jax.study import reencode
 
 SIZE = 16
 

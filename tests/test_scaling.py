@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 from conftest import REPO_ROOT, make_image_folder, tiny_config
 
-from wn_jax import train
 from wn_jax.tasks import classification
+from wn_jax.trainer import train
 
 # Trains each (config, workdir, output) of a JSON list in this fresh process
 # (one process, so imports happen once) and saves the final variables.
@@ -27,7 +27,7 @@ _DRIVER = textwrap.dedent("""
     import jax, numpy as np
     import ml_collections
     sys.path.insert(0, {repo!r})
-    from wn_jax import train
+    from wn_jax.trainer import train
     for config_json, workdir, out in json.loads(sys.argv[1]):
       config = ml_collections.ConfigDict(json.loads(config_json))
       state = train.train_and_evaluate(config, workdir)

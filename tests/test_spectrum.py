@@ -1,12 +1,12 @@
-"""Tests for wn_jax.spectrum: a known spectrum is recovered, numbers are right."""
+"""Tests for wn_jax.study.spectrum: a known spectrum is recovered, numbers are right."""
 
 import json
 
 import numpy as np
 import pytest
 
-from wn_jax import spectrum
 from wn_jax.data import zca
+from wn_jax.study import spectrum
 
 # (1/128)^2 / 12: uint8 rounding after (x - 127.5)/128, written out here.
 ROUNDING = (1.0 / 128.0) ** 2 / 12.0

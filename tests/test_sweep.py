@@ -12,7 +12,7 @@ import pytest
 from conftest import REPO_ROOT, make_image_folder, tiny_config
 
 from configs import mnist_vae
-from wn_jax import config_checks, sweep, train
+from wn_jax.trainer import config_checks, sweep, train
 
 
 def _one_epoch(config):
@@ -86,7 +86,7 @@ _FLOAT64_DRIVER = textwrap.dedent("""
         setattr(module, name, drawn)
     jnp.float32 = jnp.float64
     sys.path.insert(0, {repo!r})
-    from wn_jax import train
+    from wn_jax.trainer import train
     config = ml_collections.ConfigDict(json.loads(sys.argv[1]))
     state = train.train_and_evaluate(config, sys.argv[2])
     assert {{x.dtype.name for x in jax.tree.leaves(state.params)}} == {{"float64"}}
@@ -325,7 +325,7 @@ _DRIVER = textwrap.dedent("""
     import json, sys
     import jax, numpy as np, ml_collections
     sys.path.insert(0, {repo!r})
-    from wn_jax import train
+    from wn_jax.trainer import train
     assert jax.device_count() == 8
     config = ml_collections.ConfigDict(json.loads(sys.argv[1]))
     state = train.train_and_evaluate(config, sys.argv[2])

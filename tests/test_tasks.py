@@ -10,7 +10,8 @@ import pytest
 from conftest import tiny_config
 
 from configs import cifar, minatar_dqn, mnist_vae
-from wn_jax import config_checks, tasks, train
+from wn_jax import tasks
+from wn_jax.trainer import config_checks, train
 
 # metrics.jsonl of a tiny run (conftest's image folder and tiny_config)
 # written by the classifier when it was the loop's only experiment (the tree

@@ -13,10 +13,10 @@ import pytest
 from conftest import MODEL_FUNCTIONS, REPO_ROOT, tiny_config
 
 from configs import cifar
-from wn_jax import config_checks, train
 from wn_jax.data import sources, zca
 from wn_jax.layers.parameterization import PARAMETERIZATIONS
 from wn_jax.tasks import classification
+from wn_jax.trainer import config_checks, train
 
 
 def _read_metrics(workdir):
@@ -358,7 +358,7 @@ def test_a_run_goes_on_to_more_epochs_only_where_its_training_ignores_the_length
   import importlib
   import json
 
-  from wn_jax import config_checks
+  from wn_jax.trainer import config_checks
   get_config = importlib.import_module(f"configs.{config_file}").get_config
   saved = get_config()
   saved.num_epochs = 5

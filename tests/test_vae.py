@@ -12,10 +12,10 @@ import pytest
 from conftest import read_records
 
 from configs import mnist_vae
-from wn_jax import train
 from wn_jax.layers.parameterization import NormalizedConv, NormalizedDense
 from wn_jax.models.vae import VAE, depth_to_space
 from wn_jax.tasks import elbo, vae
+from wn_jax.trainer import train
 
 # ---------------------------------------------------------------------------
 # The bound against a linear Gaussian model, whose evidence and posterior
@@ -354,7 +354,7 @@ def test_a_member_of_a_vae_seed_sweep_equals_its_run_alone(tiny_mnist, tmp_path)
 
 
 def test_vae_config_errors_name_the_key(tiny_mnist):
-  from wn_jax import config_checks
+  from wn_jax.trainer import config_checks
   config = tiny_vae_config(tiny_mnist)
   config.model.likelihood = "logistic"
   with pytest.raises(ValueError, match="likelihood='logistic' scores"):

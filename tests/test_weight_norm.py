@@ -356,8 +356,8 @@ def test_conv_weight_norm_is_batch_norm_only_without_padding_on_whitened_images(
 
 def test_the_config_init_order_reaches_the_model():
   from configs import cifar
-  from wn_jax import config_checks
   from wn_jax.tasks import classification
+  from wn_jax.trainer import config_checks
 
   config = cifar.get_config("wn")
   config.model.init_order = "independent"
@@ -386,7 +386,7 @@ def test_g_start_sets_g_without_the_data_init_in_linen_and_nnx(g_start):
 
 
 def test_the_norm_log_has_every_g_of_an_lstm_cell():
-  from wn_jax import steps
+  from wn_jax.trainer import steps
   params = wn_jax.layers.LSTMCell(3).init(jax.random.key(0), (jnp.zeros((1, 3)),) * 2,
                                           jnp.zeros((1, 2)))["params"]
   stats = steps.weight_norm_stats({"cell": params})

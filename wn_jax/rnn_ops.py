@@ -20,6 +20,8 @@ stay plain.
 
 from __future__ import annotations
 
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 
@@ -80,3 +82,27 @@ def lstm_step(w_x: Array, w_h: Array, b: Array, peepholes: tuple[Array, Array, A
   if peepholes is not None:
     a_o = a_o + p_o * new_c
   return new_c, jax.nn.sigmoid(a_o) * jnp.tanh(new_c)
+
+
+def fold_lstm(params: dict[str, Any], normalization: str | None = None) -> dict[str, Any]:
+  """A 'wn' cell's params as the 'normal' cell's: `kernel = g v/||v||`
+  (and the recurrent kernel), bias and peepholes as they are. The plain cell
+  with these params computes the same outputs and states.
+
+  The normalization is read from the params ('separate' has a
+  `recurrent_g`, 'joint' has none); `normalization`, if given, must agree
+  (ValueError otherwise: folding one as the other gives a wrong cell)."""
+  if "v" not in params or "recurrent_v" not in params or "g" not in params:
+    raise ValueError("fold_lstm: the params have no 'v', 'recurrent_v' and 'g': not a "
+                     f"weight-normalized LSTMCell (keys {sorted(params)}).")
+  found = "separate" if "recurrent_g" in params else "joint"
+  if normalization is not None and normalization != found:
+    raise ValueError(f"fold_lstm: normalization={normalization!r}, but the params are a "
+                     f"{found!r} cell ({'with' if found == 'separate' else 'without'} "
+                     "'recurrent_g'); leave normalization out to read it from the params.")
+  w_x, w_h = lstm_kernels(params["v"], params["recurrent_v"], params["g"],
+                                  params.get("recurrent_g"), found)
+  folded = {"kernel": w_x.astype(params["v"].dtype),
+            "recurrent_kernel": w_h.astype(params["v"].dtype), "bias": params["bias"]}
+  folded.update({k: p for k, p in params.items() if k.startswith("peephole_")})
+  return folded

@@ -16,64 +16,21 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from wn_jax.layers.batch_norm import BatchNorm, MeanOnlyBatchNorm
-from wn_jax.layers.data_init import check_init_order, default_v_init
-from wn_jax.layers.plain import FROZEN, MaskDegrees, PlainConv, PlainDense
+from wn_jax.layers.plain import MaskDegrees, PlainConv, PlainDense
 from wn_jax.layers.wn_layers import WNConv, WNDense
-from wn_jax.ops import direction_norm
+from wn_jax.ops import (  # noqa: F401 (NORMAL_TWINS, normal_from_weight_norm: re-exported)
+  FOLDED,
+  NORMAL_TWINS,
+  PARAMETERIZATIONS,
+  check_init_order,
+  check_parameterization,
+  default_v_init,
+  normal_from_weight_norm,
+)
 
 Array = jax.Array
 Dtype = Any
 Padding = str | Sequence[tuple[int, int]]
-
-PARAMETERIZATIONS = ("normal", "wn", "bn", "mobn", "wn_mobn")
-# The inference-only layer kind `wn_jax.fold` produces: plain nn.Conv /
-# nn.Dense with kernel and bias, no normalization (not a training choice).
-FOLDED = "folded"
-
-
-def check_parameterization(parameterization: str) -> None:
-  """Raises ValueError naming the valid choices for an unknown name."""
-  if parameterization not in PARAMETERIZATIONS:
-    raise ValueError(
-        f"Unknown parameterization {parameterization!r}; valid ones are "
-        f"{', '.join(PARAMETERIZATIONS)}.")
-
-
-# The un-normalized twin of each weight-normalized parameterization.
-NORMAL_TWINS = {"wn": "normal", "wn_mobn": "mobn"}
-
-
-def normal_from_weight_norm(variables: dict[str, Any]) -> dict[str, Any]:
-  """The variables of the `normal` (or `mobn`) network computing the same
-  function as the given `wn` (or `wn_mobn`) variables (paper section 3:
-  "initialise in terms of v and g, then train w directly").
-
-  Every weight-normalized layer {'v', 'g'[, 'b']} of 'params' becomes the
-  plain layer {'kernel': v[, 'b']} with the frozen per-unit scale
-  `g / ||v||` in the `FROZEN` collection at the same path, so
-  `scale * conv(x, kernel) + b = conv(x, g v / ||v||) + b`: the same v draw
-  and the same function (to float32 rounding), and training then moves
-  w = scale * kernel directly. Other variables are kept.
-  """
-  frozen = {}
-
-  def convert(tree, path):
-    if isinstance(tree, dict) and "v" in tree and "g" in tree:
-      v, g = tree["v"], tree["g"]
-      node = frozen
-      for key in path:
-        node = node.setdefault(key, {})
-      node["scale"] = (g / direction_norm(v).reshape(g.shape)).astype(g.dtype)
-      return {"kernel": v, **({"b": tree["b"]} if "b" in tree else {})}
-    if isinstance(tree, dict):
-      return {key: convert(value, path + (key,)) for key, value in tree.items()}
-    return tree
-
-  params = convert(dict(variables["params"]), ())
-  if not frozen:
-    raise ValueError("normal_from_weight_norm: no weight-normalized layer in the variables.")
-  return {**variables, "params": params, FROZEN: frozen}
-
 
 def _parameterized(
     parent: nn.Module,

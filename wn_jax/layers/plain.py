@@ -16,7 +16,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
-from jax import lax
 
 from wn_jax import ops
 from wn_jax.layers.data_init import (
@@ -25,62 +24,18 @@ from wn_jax.layers.data_init import (
   default_v_init,
   runs_data_init,
 )
+from wn_jax.ops import (  # noqa: F401 (re-exported for the layers' users)
+  FROZEN,
+  NORMAL_WEIGHTS,
+  check_normal_weights,
+  dense,
+  with_normal_weights,
+)
 
 Array = jax.Array
 Dtype = Any
 Initializer = Callable[..., Array]
 Padding = str | Sequence[tuple[int, int]]
-
-# Variables the data-dependent init sets and training never changes (the
-# frozen per-unit scale of the paper's `normal` parameterization). They live
-# outside 'params' so no optimizer ever sees them.
-FROZEN = "frozen"
-
-# The two readings of the paper's data-initialised `normal` parameterization
-# (section 3), for `normal` and `mobn` with the data-dependent init:
-#   'scaled': y = s * (x kernel) + b, the data-init scale s frozen and the
-#     kernel trained (the authors' CIFAR code, `no_norm`/`InitLayer`); an
-#     Adam-type step moves each element of w = s kernel by about s * lr.
-#   'direct': the init's s folded into the kernel (w = s kernel, then s = 1)
-#     and w trained itself ("train w directly"): a step moves each element of
-#     w by about lr, whatever the unit's scale.
-# Both compute the same function at step 0.
-NORMAL_WEIGHTS = ("scaled", "direct")
-
-
-def check_normal_weights(normal_weights: str) -> None:
-  """Raises ValueError naming the two readings for an unknown one."""
-  if normal_weights not in NORMAL_WEIGHTS:
-    raise ValueError(f"normal_weights must be one of {NORMAL_WEIGHTS} (the frozen-scale or "
-                     f"the direct reading of `normal`), got {normal_weights!r}.")
-
-
-def with_normal_weights(variables: dict[str, Any], normal_weights: str) -> dict[str, Any]:
-  """The variables of a data-initialised network in one reading of `normal`.
-
-  'scaled' returns them as they are. 'direct' multiplies every plain
-  layer's kernel [..., out] by its frozen scale s [out] (the `FROZEN`
-  collection at the kernel's path) and sets s to 1: the same function, and
-  the optimizer now moves w = s kernel itself. Variables without a frozen
-  scale (wn, bn, no data init) are returned as they are.
-  """
-  check_normal_weights(normal_weights)
-  if normal_weights == "scaled" or FROZEN not in variables:
-    return variables
-
-  def fold(params, frozen):
-    if "scale" in frozen:
-      scale = frozen["scale"]
-      kernel = params["kernel"]
-      return ({**params, "kernel": (kernel * scale.astype(kernel.dtype)).astype(kernel.dtype)},
-              {**frozen, "scale": jnp.ones_like(scale)})
-    pairs = {key: fold(params[key], sub) for key, sub in frozen.items()}
-    return ({**params, **{k: p for k, (p, _) in pairs.items()}},
-            {k: f for k, (_, f) in pairs.items()})
-
-  params, frozen = fold(dict(variables["params"]), dict(variables[FROZEN]))
-  return {**variables, "params": params, FROZEN: frozen}
-
 
 class Conv2D(nn.Module):
   """2-D convolution (NHWC, HWIO kernel) through `wn_jax.ops.conv2d`.
@@ -158,11 +113,6 @@ def _frozen_scale(
   if data_init and module.init_order == "independent":
     return t
   return y
-
-
-def dense(x: Array, w: Array) -> Array:
-  """x [..., in] @ w [in, out] -> [..., out]."""
-  return lax.dot_general(x, w, (((x.ndim - 1,), (0,)), ((), ())))
 
 
 # A dense layer's autoregressive connectivity (MADE, Germain et al. 2015):

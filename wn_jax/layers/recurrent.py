@@ -14,6 +14,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from wn_jax import rnn_ops
+from wn_jax.rnn_ops import fold_lstm  # noqa: F401 (public here, as ever)
 
 Array = jax.Array
 Initializer = Callable[..., Array]
@@ -108,27 +109,3 @@ class LSTMCell(nn.RNNCellBase):
   @property
   def num_feature_axes(self) -> int:
     return 1
-
-
-def fold_lstm(params: dict[str, Any], normalization: str | None = None) -> dict[str, Any]:
-  """A 'wn' cell's params as the 'normal' cell's: `kernel = g v/||v||`
-  (and the recurrent kernel), bias and peepholes as they are. The plain cell
-  with these params computes the same outputs and states.
-
-  The normalization is read from the params ('separate' has a
-  `recurrent_g`, 'joint' has none); `normalization`, if given, must agree
-  (ValueError otherwise: folding one as the other gives a wrong cell)."""
-  if "v" not in params or "recurrent_v" not in params or "g" not in params:
-    raise ValueError("fold_lstm: the params have no 'v', 'recurrent_v' and 'g': not a "
-                     f"weight-normalized LSTMCell (keys {sorted(params)}).")
-  found = "separate" if "recurrent_g" in params else "joint"
-  if normalization is not None and normalization != found:
-    raise ValueError(f"fold_lstm: normalization={normalization!r}, but the params are a "
-                     f"{found!r} cell ({'with' if found == 'separate' else 'without'} "
-                     "'recurrent_g'); leave normalization out to read it from the params.")
-  w_x, w_h = rnn_ops.lstm_kernels(params["v"], params["recurrent_v"], params["g"],
-                                  params.get("recurrent_g"), found)
-  folded = {"kernel": w_x.astype(params["v"].dtype),
-            "recurrent_kernel": w_h.astype(params["v"].dtype), "bias": params["bias"]}
-  folded.update({k: p for k, p in params.items() if k.startswith("peephole_")})
-  return folded

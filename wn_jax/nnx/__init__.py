@@ -17,8 +17,6 @@ The math is `wn_jax.ops`, shared with the Linen layers (`wn_jax.layers`); a
 name here that `wn_jax.layers` also exports means the same there, in Linen.
 """
 
-from wn_jax.layers.data_init import INIT_ORDERS
-from wn_jax.layers.parameterization import PARAMETERIZATIONS
 from wn_jax.nnx.batch_norm import BatchNorm, MeanOnlyBatchNorm
 from wn_jax.nnx.convert import fold, from_linen, to_linen
 from wn_jax.nnx.data_init import data_init
@@ -27,7 +25,7 @@ from wn_jax.nnx.parameterization import NormalizedConv, NormalizedDense
 from wn_jax.nnx.plain import Conv2D, Frozen, PlainConv, PlainDense
 from wn_jax.nnx.recurrent import LSTMCell
 from wn_jax.nnx.weight_norm import WeightNorm, default_feature_axes, default_v_init
-from wn_jax.ops import NORM_EPSILON
+from wn_jax.ops import INIT_ORDERS, NORM_EPSILON, PARAMETERIZATIONS
 
 __all__ = [
     "BatchNorm", "CifarNet", "Conv2D", "Frozen", "INIT_ORDERS", "LSTMCell", "MeanOnlyBatchNorm",

@@ -18,7 +18,6 @@ import jax.numpy as jnp
 from flax import nnx
 
 from wn_jax import ops
-from wn_jax.layers import data_init as linen_data_init
 from wn_jax.nnx.data_init import DataInitLayer
 from wn_jax.nnx.plain import Conv2D
 
@@ -27,7 +26,7 @@ Dtype = Any
 Initializer = Callable[..., Array]
 Padding = str | Sequence[tuple[int, int]]
 
-default_v_init = linen_data_init.default_v_init
+default_v_init = ops.default_v_init
 
 
 def default_feature_axes(layer: nnx.Module) -> tuple[int, ...]:

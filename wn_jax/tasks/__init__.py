@@ -1,6 +1,6 @@
 """Tasks: what differs between the paper's experiments, behind one interface.
 
-The loop (`wn_jax.train`, `wn_jax.program`, `wn_jax.steps`) knows no task:
+The loop (`wn_jax.trainer.train`, `wn_jax.trainer.program`, `wn_jax.trainer.steps`) knows no task:
 `config.task` names one of `TASKS`, and the task module owns its data, its
 model, its objective, its metrics and its pictures. Every task module
 defines the same names (`check_task` refuses a module that lacks one):

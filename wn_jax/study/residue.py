@@ -1,6 +1,6 @@
 r"""How much of a lossy copy's ZCA-whitened variance is its error, per eigen-direction.
 
-The third step of `python -m wn_jax.compare` (after `wn_jax.matching` pairs
+The third step of `python -m wn_jax.study.compare` (after `wn_jax.study.matching` pairs
 each copy image with its original), on the matched images:
 
 Pixels are scaled as for training (`zca.zca_input`: `(x - 127.5)/128`,
@@ -40,7 +40,7 @@ dim = 3,072); given the number of examples, the residual is corrected
 by degrees of freedom, (N - 1) / (N - dim - 1), as adjusted R^2 is.
 
 Holds the statistics only: no file reading, matching, table or plot
-(`wn_jax.compare`).
+(`wn_jax.study.compare`).
 """
 
 from __future__ import annotations

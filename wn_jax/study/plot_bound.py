@@ -1,6 +1,6 @@
 """Figure 3 in the manner of the paper: the test bound against training epochs.
 
-  python -m wn_jax.plot_bound WORKDIR [WORKDIR ...] -o bound.png
+  python -m wn_jax.study.plot_bound WORKDIR [WORKDIR ...] -o bound.png
 
 For runs of a latent-variable task (the VAE), one line per
 parameterization, the mean over its runs (seeds) with a band of +- one
@@ -25,7 +25,7 @@ import numpy as np
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from wn_jax.plot import arm_label  # noqa: E402
+from wn_jax.study.plot import arm_label  # noqa: E402
 
 
 def read_bound_run(workdir: str) -> dict:

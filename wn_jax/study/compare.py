@@ -1,8 +1,8 @@
 r"""A lossy copy of an image data set against its original: matching, PSNR, and
 how much of what ZCA whitening passes on is the copy's error.
 
-Three steps; the first two are in `wn_jax.matching`, the third in
-`wn_jax.residue`:
+Three steps; the first two are in `wn_jax.study.matching`, the third in
+`wn_jax.study.residue`:
 
 1. **Matching.** Every copy image is matched to the nearest original of its
    class (mean squared pixel difference over all H*W*3 values); the match
@@ -15,16 +15,16 @@ Three steps; the first two are in `wn_jax.matching`, the third in
 2. **Distance.** Mean absolute difference and PSNR of the matched pairs, per
    split, per R, G, B channel and per Y, Cb, Cr plane (JPEG's colour
    transform).
-3. **Error share per eigen-direction** (`wn_jax.residue`): of the copy's
+3. **Error share per eigen-direction** (`wn_jax.study.residue`): of the copy's
    ZCA-whitened variance, the share that is its error rather than the
    original's signal, per eigen-direction of the original's (or the
    copy's) training covariance, and in total.
 
 This module reads the two data sets, runs the three steps and prints their
 tables (and, on request, the plot and a JSON of every number); the
-statistics are in `wn_jax.matching` and `wn_jax.residue`.
+statistics are in `wn_jax.study.matching` and `wn_jax.study.residue`.
 
-  python -m wn_jax.compare /data/cifar10-jpeg /data/cifar-10-batches-py \
+  python -m wn_jax.study.compare /data/cifar10-jpeg /data/cifar-10-batches-py \
       --original-source cifar10_python --plot docs/jpeg_error_share.png
 """
 
@@ -38,8 +38,8 @@ import time
 import ml_collections
 import numpy as np
 
-from wn_jax import matching, residue, spectrum
 from wn_jax.data import sources
+from wn_jax.study import matching, residue, spectrum
 
 SPLITS = ("train", "test")
 
@@ -155,7 +155,7 @@ def _json_ready(matches, distances, shares) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
   parser = argparse.ArgumentParser(
-    prog="python -m wn_jax.compare", description=__doc__.split("\n\n")[0],
+    prog="python -m wn_jax.study.compare", description=__doc__.split("\n\n")[0],
     formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("copy", help="the copy (a data folder, or see --copy-source)")
   parser.add_argument("original", help="the original (see --original-source)")

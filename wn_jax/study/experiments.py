@@ -1,6 +1,6 @@
 """Launch the runs behind docs/RESULTS.md: one command per experiment.
 
-  python -m wn_jax.experiments figure2 lr_sweep init_ablation \
+  python -m wn_jax.study.experiments figure2 lr_sweep init_ablation \
       --root runs/claims --parallel 4 -- --config.data.source=folder \
       --config.data.folder=/path/to/cifar10-jpeg
 
@@ -9,13 +9,13 @@ with its learning rate and seed, recorded in a folder named
 `<parameterization>_lr<lr>_s<seed>` (so experiments that need the same run
 share it, and re-launching resumes or skips finished runs). Runs of one
 parameterization (and data-init setting) train together as one sweep
-program (`wn_jax.sweep`), at most `--max-members` per launch, in
+program (`wn_jax.trainer.sweep`), at most `--max-members` per launch, in
 `<root>/sweeps/<group>/` with each run's records in
 `<root>/sweeps/<group>/<run name>/`; a group of one is a plain run in
 `<root>/<run name>/`. `--max-members 1` launches every run on its own.
 Arguments after `--` go to every launch (`--preset ''` drops the quick
 preset: the paper's full schedule). The plots are then drawn from the
-record folders by `python -m wn_jax.plot`.
+record folders by `python -m wn_jax.study.plot`.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ import sys
 from collections.abc import Sequence
 from typing import NamedTuple
 
-from wn_jax import sweep
+from wn_jax.trainer import sweep
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PAPER_LEARNING_RATES = (3e-4, 1e-3, 3e-3, 1e-2, 3e-2)

@@ -35,65 +35,16 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
-from jax import lax
 
 from wn_jax.layers import weight_norm
 from wn_jax.layers.batch_norm import MeanOnlyBatchNorm
-from wn_jax.layers.parameterization import (
-  FOLDED,
-  check_parameterization,
-)
-from wn_jax.layers.plain import FROZEN, PlainConv, PlainDense
+from wn_jax.layers.plain import PlainConv, PlainDense
 from wn_jax.layers.recurrent import LSTMCell, fold_lstm
 from wn_jax.layers.weight_norm import WeightNorm
-from wn_jax.ops import canonical_axes
+from wn_jax.ops import FOLDED, FROZEN, canonical_axes, check_parameterization, fold_layer
 
 Array = jax.Array
 PyTree = Any
-
-
-def fold_layer(
-    parameterization: str,
-    linear: Mapping[str, Array],
-    norm_params: Mapping[str, Array] | None = None,
-    norm_stats: Mapping[str, Array] | None = None,
-    frozen_scale: Array | None = None,
-    bn_epsilon: float = 1e-6,
-    norm_epsilon: float = weight_norm.NORM_EPSILON,
-) -> dict[str, Array]:
-  """One Normalized layer's variables -> {'kernel', 'bias'} of a plain layer.
-
-  Args:
-    parameterization: one of `PARAMETERIZATIONS`.
-    linear: params of the 'linear' sublayer ({v, g[, b]} or {kernel[, b]});
-      kernel/v [..., out], the output units on the last axis.
-    norm_params: params of the 'norm' sublayer (BN: scale, b; mean-only: b).
-    norm_stats: its 'batch_stats' (mean; BN also var).
-    frozen_scale: the `normal`/`mobn` data-init scale [out], if any.
-    bn_epsilon: `BatchNorm.epsilon` of the `bn` layers.
-    norm_epsilon: the epsilon inside ||v|| of the WN layers.
-
-  Returns:
-    {'kernel': [..., out], 'bias': [out]}, float32: eval-mode
-    y = x . kernel + bias equals the layer's y.
-  """
-  check_parameterization(parameterization)
-  if parameterization in ("wn", "wn_mobn"):
-    kernel = weight_norm.weight_normalized_kernel(linear["v"], linear["g"], -1, norm_epsilon)
-  else:
-    kernel = linear["kernel"].astype(jnp.float32)
-    if frozen_scale is not None:
-      kernel = kernel * frozen_scale.astype(jnp.float32)
-  out = kernel.shape[-1]
-  bias = linear["b"].astype(jnp.float32) if "b" in linear else jnp.zeros((out,), jnp.float32)
-  if parameterization in ("mobn", "wn_mobn"):
-    bias = bias + norm_params["b"].astype(jnp.float32) - norm_stats["mean"]
-  elif parameterization == "bn":
-    multiplier = norm_params["scale"].astype(jnp.float32) * lax.rsqrt(
-        norm_stats["var"].astype(jnp.float32) + bn_epsilon)
-    kernel = kernel * multiplier
-    bias = (bias - norm_stats["mean"]) * multiplier + norm_params["b"].astype(jnp.float32)
-  return {"kernel": kernel, "bias": bias}
 
 
 def _is_normalized_layer(node: Any) -> bool:

@@ -1,6 +1,6 @@
 """Figure 5 and Table 2 in the manner of the paper: DQN test returns per epoch.
 
-  python -m wn_jax.plot_returns WORKDIR [WORKDIR ...] -o returns.png
+  python -m wn_jax.study.plot_returns WORKDIR [WORKDIR ...] -o returns.png
 
 One line per (parameterization, learning rate), the mean test return per
 episode over its runs (seeds) with a band of +- one standard error; prints
@@ -19,7 +19,7 @@ from collections.abc import Sequence
 import matplotlib
 import numpy as np
 
-from wn_jax.plot_bound import mean_and_standard_error
+from wn_jax.study.plot_bound import mean_and_standard_error
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402

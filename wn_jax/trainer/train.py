@@ -1,6 +1,6 @@
 """Training and evaluation: `train_and_evaluate(config, workdir)`, the loop.
 
-One program trains one or many runs ("members", `wn_jax.sweep`): every
+One program trains one or many runs ("members", `wn_jax.trainer.sweep`): every
 array of the `TrainState` has a leading member axis, and the train step,
 the data-dependent init and the evaluation are `jax.vmap`s (or unrolled
 copies) of the one-member functions, jitted once (`steps`, `program`). A
@@ -29,13 +29,19 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
-from wn_jax import sweep
-from wn_jax.config_checks import check_resumable_config, validate_config
-from wn_jax.placement import create_mesh, fetch, initialize_distributed, put_global
-from wn_jax.program import Program, build_program, load_data, member_epoch_rows, sweep_members
-from wn_jax.records import Records, check_workdir, init_or_restore
-from wn_jax.steps import TrainState
 from wn_jax.tasks import get_task
+from wn_jax.trainer import sweep
+from wn_jax.trainer.config_checks import check_resumable_config, validate_config
+from wn_jax.trainer.placement import create_mesh, fetch, initialize_distributed, put_global
+from wn_jax.trainer.program import (
+  Program,
+  build_program,
+  load_data,
+  member_epoch_rows,
+  sweep_members,
+)
+from wn_jax.trainer.records import Records, check_workdir, init_or_restore
+from wn_jax.trainer.steps import TrainState
 
 
 class NonFiniteLossError(RuntimeError):

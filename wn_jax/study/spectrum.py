@@ -18,14 +18,14 @@ fit_zca uses (`zca.covariance_spectrum` of
 
 and plots eigenvalue and gain against rank.
 
-  python -m wn_jax.spectrum /data/cifar10-jpeg --plot spectrum.png
-  python -m wn_jax.spectrum /data/cifar-10-python.tar.gz --source cifar10_python
+  python -m wn_jax.study.spectrum /data/cifar10-jpeg --plot spectrum.png
+  python -m wn_jax.study.spectrum /data/cifar-10-python.tar.gz --source cifar10_python
   # A check with a known answer: Gaussian data with eigenvalues top * k^-exponent,
   # rounded to uint8 like an image (adds 5.09e-6 to every eigenvalue).
-  python -m wn_jax.spectrum --synthetic --plot synthetic.png
+  python -m wn_jax.study.spectrum --synthetic --plot synthetic.png
   # Save spectra, then show them beside others without recomputing them:
-  python -m wn_jax.spectrum /data/a --json a.json
-  python -m wn_jax.spectrum /data/b --with a.json --plot a_and_b.png
+  python -m wn_jax.study.spectrum /data/a --json a.json
+  python -m wn_jax.study.spectrum /data/b --with a.json --plot a_and_b.png
 """
 
 from __future__ import annotations
@@ -267,7 +267,7 @@ def load_results(path: str) -> dict[str, dict]:
 
 def main(argv: list[str] | None = None) -> None:
   parser = argparse.ArgumentParser(
-    prog="python -m wn_jax.spectrum", description=__doc__.split("\n\n")[0],
+    prog="python -m wn_jax.study.spectrum", description=__doc__.split("\n\n")[0],
     formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("data", nargs="*",
                       help="data folders (or CIFAR-10 directories / archives with --source)")

@@ -14,9 +14,9 @@ from typing import Any
 
 import ml_collections
 
-from wn_jax import steps, sweep
-from wn_jax.layers import data_init, parameterization, plain
+from wn_jax import ops
 from wn_jax.tasks import get_task
+from wn_jax.trainer import steps, sweep
 
 # Config keys that may change between a run and its resumption: they do not
 # change what is computed.
@@ -44,10 +44,10 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
       raise ValueError(f"config.{key} must be positive, got {value!r}.")
 
   task = get_task(config.task)
-  parameterization.check_parameterization(config.model.parameterization)
-  data_init.check_init_order(config.model.init_order)
+  ops.check_parameterization(config.model.parameterization)
+  ops.check_init_order(config.model.init_order)
   if "normal_weights" in config.model:
-    plain.check_normal_weights(config.model.normal_weights)
+    ops.check_normal_weights(config.model.normal_weights)
   positive("optimizer.learning_rate", config.optimizer.learning_rate)
   positive("batch_size", config.batch_size)
   positive("num_epochs", config.num_epochs)

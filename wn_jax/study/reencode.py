@@ -8,10 +8,10 @@ memory and compared with its source pixels, so the command prints how far the
 copy is from its source: mean absolute pixel difference and PSNR per split.
 
   # A JPEG copy at quality 50 with 4:2:0 chroma subsampling:
-  python -m wn_jax.reencode /data/cifar10-jpeg /data/cifar10-jpeg-q50 \
+  python -m wn_jax.study.reencode /data/cifar10-jpeg /data/cifar10-jpeg-q50 \
       --quality 50 --subsampling 4:2:0
   # The original CIFAR-10 pickles exported losslessly to a folder:
-  python -m wn_jax.reencode /data/cifar-10-python.tar.gz /data/cifar10-png \
+  python -m wn_jax.study.reencode /data/cifar-10-python.tar.gz /data/cifar10-png \
       --source cifar10_python --format png
 
 File stems are kept for a folder source (`train/cat/0001.jpg` becomes
@@ -207,7 +207,7 @@ def reencode(
 
 def main(argv: list[str] | None = None) -> None:
   parser = argparse.ArgumentParser(
-    prog="python -m wn_jax.reencode", description=__doc__.split("\n\n")[0],
+    prog="python -m wn_jax.study.reencode", description=__doc__.split("\n\n")[0],
     formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("src", help="data folder <src>/{train,test}/<class>/<image>, or the "
                       "CIFAR-10 directory / .tar.gz with --source cifar10_*")

@@ -3,7 +3,7 @@
 `load_data` loads the task's data set (`task.load_data`) and places it,
 replicated, on every device; a step receives only the indices of its
 batch and gathers the examples itself. `sweep_members` lists the
-members of a sweep (`wn_jax.sweep`), one member for a plain run.
+members of a sweep (`wn_jax.trainer.sweep`), one member for a plain run.
 `build_program` binds the step functions of `steps` to the task, its
 model, its optimizer and the shardings and jits them once. Building only: the loop,
 checkpoints and records are in `train` and `records`.
@@ -22,11 +22,11 @@ import ml_collections
 import numpy as np
 from jax.sharding import Mesh, NamedSharding
 
-from wn_jax import steps, sweep
 from wn_jax.data import batches
-from wn_jax.placement import mesh_sharding, put_global
-from wn_jax.steps import TrainState
 from wn_jax.tasks.base import num_examples
+from wn_jax.trainer import steps, sweep
+from wn_jax.trainer.placement import mesh_sharding, put_global
+from wn_jax.trainer.steps import TrainState
 
 Array = jax.Array
 PyTree = Any

@@ -1,16 +1,16 @@
 """Plots from saved workdirs (metrics.jsonl + config.json).
 
-  python -m wn_jax.plot WORKDIR [WORKDIR ...] -o curves.png
+  python -m wn_jax.study.plot WORKDIR [WORKDIR ...] -o curves.png
       training loss, training error (paper Figure 2), test error and test
       loss vs epoch, one line per run, labelled by parameterization (and
       seed, or data, when runs differ in it);
-  python -m wn_jax.plot --kind curves_mean WORKDIR [...] -o mean.png
+  python -m wn_jax.study.plot --kind curves_mean WORKDIR [...] -o mean.png
       the same, one line per parameterization (and data): the mean over
       its runs (seeds), a band from the lowest to the highest; prints a
       table of the training and test errors behind it;
-  python -m wn_jax.plot --kind norms WORKDIR [...] -o norms.png
+  python -m wn_jax.study.plot --kind norms WORKDIR [...] -o norms.png
       mean ||v|| and mean g/||v|| of every WN layer vs step (section 2.1);
-  python -m wn_jax.plot --kind lr_sweep WORKDIR [...] -o lr.png
+  python -m wn_jax.study.plot --kind lr_sweep WORKDIR [...] -o lr.png
       final test error vs learning rate, a line per parameterization, the
       mean over seeds (error bars: min and max).
 """

@@ -1,5 +1,5 @@
 """A lossy copy of an image data set matched to its original, and their
-pixel distance (the first two steps of `wn_jax.compare`).
+pixel distance (the first two steps of `wn_jax.study.compare`).
 
 Every copy image is matched to the nearest original of its class (mean
 squared pixel difference over all H*W*3 values); the match must be a
@@ -19,7 +19,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from wn_jax import spectrum
+from wn_jax.study import spectrum
 
 # ---------------------------------------------------------------------------
 # Matching.

@@ -23,10 +23,10 @@ import orbax.checkpoint as ocp
 from absl import logging
 from PIL import Image
 
-from wn_jax import sweep
-from wn_jax.placement import fetch
-from wn_jax.program import Members, Program
-from wn_jax.steps import TrainState
+from wn_jax.trainer import sweep
+from wn_jax.trainer.placement import fetch
+from wn_jax.trainer.program import Members, Program
+from wn_jax.trainer.steps import TrainState
 
 CHECKPOINT_HEADROOM_FACTOR = 4  # free disk needed, in checkpoint sizes
 ANIMATION_FRAME_MS = 100  # one frame of an animated picture (GIF)

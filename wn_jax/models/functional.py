@@ -1,6 +1,6 @@
 """The NNX CifarNet behind the functional interface of the training loop.
 
-`wn_jax.train` keeps its state as pure pytrees (params, batch statistics)
+`wn_jax.trainer.train` keeps its state as pure pytrees (params, batch statistics)
 and jits pure step functions that call `model.init` and `model.apply`.
 `FunctionalCifarNet` gives the NNX network that interface, the split/merge
 pattern of NNX's functional API: the graph is split off once, outside jit
