@@ -35,21 +35,22 @@ defines the same names (`check_task` refuses a module that lacks one):
   eval_sums(config, model, variables, batch, mask, key) -> dict
       sums over the unmasked examples of a test batch of every name in
       EVAL_METRICS, and 'count'.
+A task defines only what it has; the loop's defaults cover the rest:
   pictures(config, model, variables, test, key) -> dict[str, np.ndarray]
       uint8 images [H, W, C], or animations [frames, H, W, C], for
-      TensorBoard and the docs ({} for none).
+      TensorBoard and the docs (default: none).
   final_metrics(config, model, variables, test, key) -> dict[str, float]
-      what is measured once, after the last epoch ({} for none).
-
-Optional: UNGUARDED_COLLECTIONS: tuple[str, ...], model-state collections
-the step advances whatever its loss (`steps.keep_finite` keeps every other
-one of a member whose loss turned non-finite): an environment and its
-replay, which guarding would copy every step.
-`TRAINING_INDEPENDENT_OF_NUM_EPOCHS: bool` (default False): True where
-nothing the step computes depends on `config.num_epochs` (a constant
-learning rate, schedules over steps), so a finished run may resume with a
-larger `num_epochs` and go on along the same trajectory
-(`config_checks.check_resumable_config`).
+      what is measured once, after the last epoch (default: nothing).
+  UNGUARDED_COLLECTIONS: tuple[str, ...]
+      model-state collections the step advances whatever its loss
+      (`steps.keep_finite` keeps every other one of a member whose loss
+      turned non-finite): an environment and its replay, which guarding
+      would copy every step (default: none).
+  TRAINING_INDEPENDENT_OF_NUM_EPOCHS: bool
+      True where nothing the step computes depends on `config.num_epochs`
+      (a constant learning rate, schedules over steps), so a finished run
+      may resume with a larger `num_epochs` and go on along the same
+      trajectory (`config_checks.check_resumable_config`; default False).
 
 `TaskData.info` carries what the model needs from the data (the number of
 classes, the image shape). Adding a task: write `wn_jax/tasks/<name>.py`
@@ -70,7 +71,7 @@ TASKS: dict[str, ModuleType] = {"classification": classification, "vae": vae, "d
 TASK_INTERFACE = (
     "RNG_NAMES", "INIT_RNG_NAMES", "TRAIN_METRICS", "EVAL_METRICS", "validate_config",
     "load_data", "create_model", "create_optimizer", "init_variables", "train_loss",
-    "eval_sums", "pictures", "final_metrics")
+    "eval_sums")
 
 
 def check_task(module: ModuleType) -> None:

@@ -187,15 +187,3 @@ def eval_sums(config: ml_collections.ConfigDict, model, variables, batch: dict[s
   loss, error = cross_entropy_and_error(logits, batch["labels"])
   return {"loss": jnp.sum(loss * mask), "error": jnp.sum(error * mask),
           "count": jnp.sum(mask)}
-
-
-def pictures(config, model, variables, test, key) -> dict:
-  """None: the classifier's records are its curves."""
-  del config, model, variables, test, key
-  return {}
-
-
-def final_metrics(config, model, variables, test, key) -> dict:
-  """None beyond the last epoch's evaluation."""
-  del config, model, variables, test, key
-  return {}

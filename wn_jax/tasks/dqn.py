@@ -428,15 +428,3 @@ def eval_sums(config: ml_collections.ConfigDict, model: QNetwork, variables, bat
   count = jnp.where(none, 1.0, count)
   return {"return": jnp.sum(ret_sum * mask), "length": jnp.sum(length_sum * mask),
           "count": jnp.sum(count * mask)}
-
-
-def pictures(config, model, variables, test, key) -> dict[str, np.ndarray]:
-  """None: the DQN's record is its returns."""
-  del config, model, variables, test, key
-  return {}
-
-
-def final_metrics(config, model, variables, test, key) -> dict[str, float]:
-  """Nothing beyond the per-epoch test returns."""
-  del config, model, variables, test, key
-  return {}

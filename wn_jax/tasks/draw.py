@@ -232,10 +232,3 @@ def pictures(config: ml_collections.ConfigDict, model: DRAW, variables,
     out[f"animation_{name}"] = np.stack([image_grid(frame[..., None], PICTURE_DIGITS)
                                          for frame in frames])
   return out
-
-
-def final_metrics(config: ml_collections.ConfigDict, model: DRAW, variables,
-                  test: dict[str, Array], key: Array) -> dict[str, float]:
-  """Nothing beyond the per-epoch test bound (the reference code's)."""
-  del config, model, variables, test, key
-  return {}

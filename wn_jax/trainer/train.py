@@ -240,14 +240,15 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Trai
                    f"{records.names[k]}: " if len(members.configs) > 1 else "", epoch + 1,
                    " ".join(f"train_{name} {summary[f'train_{name}']:.4f}"
                             for name in task.TRAIN_METRICS), test, train_time)
-    if evaluated and config.pictures_every_epochs > 0 and (
+    if evaluated and hasattr(task, "pictures") and config.pictures_every_epochs > 0 and (
         (epoch + 1) % config.pictures_every_epochs == 0 or epoch + 1 == config.num_epochs):
       write_pictures(program, state, records, step)
     if (epoch + 1) % config.checkpoint_every_epochs == 0 or epoch + 1 == config.num_epochs:
       checkpoints.save(step, args=ocp.args.StandardSave(state))
       checkpoints.wait_until_finished()
       last_good_checkpoint = step
-  final_metrics(program, state, records, config.num_epochs * program.steps_per_epoch)
+  if hasattr(task, "final_metrics"):
+    final_metrics(program, state, records, config.num_epochs * program.steps_per_epoch)
   records.close()
   checkpoints.close()
   if sweep.is_sweep(config):
