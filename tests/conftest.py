@@ -223,8 +223,5 @@ def tiny_mnist(tmp_path_factory):
 def read_records(workdir):
   """A run's metrics.jsonl records without the timing fields (which differ
   between otherwise identical runs)."""
-  import json
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    return [{k: v for k, v in json.loads(line).items() if k not in ("epoch_time_s",
-                                                                     "images_per_s")}
-            for line in f]
+  from wn_jax.trainer import record_files
+  return record_files.read_records(str(workdir), without_timings=True)

@@ -10,7 +10,7 @@ import pytest
 from conftest import tiny_config
 
 from configs import cifar
-from wn_jax.trainer import train
+from wn_jax.trainer import record_files, train
 
 ANALYSIS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "analysis")
 
@@ -36,8 +36,8 @@ def test_trained_predictions_restores_the_run_and_reproduces_its_test_error(
                                jax.tree.leaves({"params": state.params, **state.model_state})):
     np.testing.assert_array_equal(restored, trained)
 
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    recorded = [json.loads(line) for line in f if '"test_error"' in line][-1]["test_error"]
+  recorded = [r for r in record_files.read_records(workdir) if "test_error" in r][-1][
+      "test_error"]
   monkeypatch.setattr("sys.argv", ["trained_predictions.py", workdir, "--num", "12"])
   trained_predictions.main()  # 12 = the whole test set of the tiny folder
   row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| trained |"))

@@ -1,8 +1,6 @@
 """A moving average of the parameters (config.ema_decay), evaluated alongside."""
 
 import functools
-import json
-import os
 
 import jax
 import jax.numpy as jnp
@@ -11,7 +9,7 @@ import pytest
 from conftest import tiny_config
 
 from wn_jax.tasks import classification
-from wn_jax.trainer import config_checks, steps, train
+from wn_jax.trainer import config_checks, record_files, steps, train
 
 
 @pytest.mark.slow  # 46 s on the 2-core CPU
@@ -47,8 +45,7 @@ def test_both_test_errors_are_logged(image_folder, tmp_path):
   config.ema_decay = 0.9
   state = train.train_and_evaluate(config, str(tmp_path))
   assert state.ema_params is not None
-  with open(os.path.join(tmp_path, "metrics.jsonl")) as f:
-    epochs = [json.loads(line) for line in f if "test_error" in line]
+  epochs = [r for r in record_files.read_records(str(tmp_path)) if "test_error" in r]
   assert len(epochs) == 2
   for record in epochs:
     assert 0 <= record["ema_test_error"] <= 1 and np.isfinite(record["ema_test_loss"])

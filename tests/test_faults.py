@@ -1,6 +1,5 @@
 """A run never silently loses its work: non-finite loss, SIGKILL, bad workdirs."""
 
-import json
 import os
 import shutil
 import signal
@@ -17,7 +16,7 @@ from conftest import REPO_ROOT, tiny_config
 
 from configs import cifar
 from wn_jax.data import sources
-from wn_jax.trainer import records, steps, train
+from wn_jax.trainer import record_files, records, steps, train
 
 
 def _loader_that_must_not_run(config):
@@ -117,14 +116,12 @@ def _steps_logged(workdir):
       lines = f.readlines()
   except FileNotFoundError:
     return []
-  return [json.loads(line)["step"] for line in lines if line.endswith("\n")]
+  return [r["step"] for r in record_files.parse_records(l for l in lines if l.endswith("\n"))]
 
 
 def _records(workdir):
   """metrics.jsonl without the timings, which differ from run to run."""
-  with open(workdir / "metrics.jsonl") as f:
-    return [{k: v for k, v in json.loads(line).items()
-             if k not in ("epoch_time_s", "images_per_s")} for line in f]
+  return record_files.read_records(str(workdir), without_timings=True)
 
 
 @pytest.mark.slow  # kill: CLI runs

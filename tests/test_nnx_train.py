@@ -1,6 +1,5 @@
 """config.model.api='nnx': the CIFAR run through the NNX modules, same loop."""
 
-import json
 import os
 
 import jax
@@ -8,12 +7,11 @@ import numpy as np
 import pytest
 from conftest import tiny_config
 
-from wn_jax.trainer import config_checks, train
+from wn_jax.trainer import config_checks, record_files, train
 
 
 def _records(directory):
-  with open(os.path.join(directory, "metrics.jsonl")) as f:
-    return [json.loads(line) for line in f]
+  return record_files.read_records(str(directory))
 
 
 def _assert_records_close(a, b, rtol=1e-5, atol=1e-5):

@@ -13,6 +13,8 @@ import threading
 import numpy as np
 import pytest
 
+from wn_jax.trainer import record_files
+
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(REPO_ROOT, "scripts", "reproduce_gpu.sh")
 TINY = ("--config.model.width=4 --config.num_epochs=2 --config.optimizer.anneal_start_epoch=1 "
@@ -88,7 +90,7 @@ def _records(out, name, member=None):
   with tarfile.open(out / f"records_{name}.tgz") as records:
     config = json.load(records.extractfile(f"./{name}/config.json"))
     metrics = records.extractfile(f"{folder}/metrics.jsonl").read().decode()
-  return config, [json.loads(line) for line in metrics.splitlines()]
+  return config, record_files.parse_records(metrics.splitlines())
 
 
 @pytest.mark.parametrize("runs, message", [
@@ -175,8 +177,8 @@ def test_vae_runs_train_their_seeds_as_one_sweep(tmp_path):
   with tarfile.open(tmp_path / "out" / f"records_{name}.tgz") as records:
     names = sorted(records.getnames())
     config = json.load(records.extractfile(f"./{name}/config.json"))
-    member = [json.loads(line) for line in records.extractfile(
-        f"./{name}/normal_direct_lr0.002_s1/metrics.jsonl").read().decode().splitlines()]
+    member = record_files.parse_records(records.extractfile(
+        f"./{name}/normal_direct_lr0.002_s1/metrics.jsonl").read().decode().splitlines())
   assert f"./{name}/normal_direct_lr0.002_s0/metrics.jsonl" in names
   assert config["task"] == "vae" and config["model"]["parameterization"] == "normal"
   assert config["model"]["normal_weights"] == "direct"

@@ -18,7 +18,7 @@ import pytest
 from conftest import REPO_ROOT, make_image_folder, tiny_config
 
 from wn_jax.tasks import classification
-from wn_jax.trainer import train
+from wn_jax.trainer import record_files, train
 
 # Trains each (config, workdir, output) of a JSON list in this fresh process
 # (one process, so imports happen once) and saves the final variables.
@@ -139,8 +139,7 @@ def _free_port():
 
 
 def _read_records(workdir):
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    return [json.loads(line) for line in f]
+  return record_files.read_records(str(workdir))
 
 
 @pytest.mark.slow  # multi-process
@@ -243,7 +242,6 @@ def test_bfloat16_trains(image_folder, tmp_path):
   convs = [e for e in jaxpr.eqns if e.primitive.name == "conv_general_dilated"]
   convs += [e for e in _sub_eqns(jaxpr) if e.primitive.name == "conv_general_dilated"]
   assert convs and all(v.aval.dtype == jnp.bfloat16 for e in convs for v in e.invars)
-  with open(os.path.join(tmp_path, "metrics.jsonl")) as f:
-    epochs = [json.loads(line) for line in f if "train_loss" in line]
+  epochs = [r for r in record_files.read_records(str(tmp_path)) if "train_loss" in r]
   assert epochs[-1]["train_loss"] < 0.3 * epochs[0]["train_loss"], epochs
   assert epochs[-1]["train_error"] < 0.5 * epochs[0]["train_error"], epochs

@@ -12,7 +12,7 @@ import pytest
 from conftest import REPO_ROOT, make_image_folder, tiny_config
 
 from configs import mnist_vae
-from wn_jax.trainer import config_checks, sweep, train
+from wn_jax.trainer import config_checks, record_files, sweep, train
 
 
 def _one_epoch(config):
@@ -138,8 +138,7 @@ def _assert_within_float32_rounding(actual, reference, float64, factor):
 
 
 def _records(directory):
-  with open(os.path.join(directory, "metrics.jsonl")) as f:
-    return [json.loads(line) for line in f]
+  return record_files.read_records(str(directory))
 
 
 # Member 1 against the run alone. wn and wn_mobn: within 1e-5 over the whole

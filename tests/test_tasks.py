@@ -3,7 +3,6 @@ records are those it had before the loop knew of tasks, and old workdirs
 resume."""
 
 import json
-import os
 import types
 
 import pytest
@@ -11,7 +10,7 @@ from conftest import tiny_config
 
 from configs import cifar, minatar_dqn, mnist_vae
 from wn_jax import tasks
-from wn_jax.trainer import config_checks, train
+from wn_jax.trainer import config_checks, record_files, train
 
 # metrics.jsonl of a tiny run (conftest's image folder and tiny_config)
 # written by the classifier when it was the loop's only experiment (the tree
@@ -36,8 +35,7 @@ def test_the_classifier_records_what_it_did_before_the_task_interface(
   if not (jax.__version__.startswith("0.12") and jax.default_backend() == "cpu"):
     pytest.skip("records measured with jax 0.12 on XLA:CPU")
   train.train_and_evaluate(tiny_config(image_folder, variant), str(tmp_path))
-  with open(os.path.join(tmp_path, "metrics.jsonl")) as f:
-    epochs = [json.loads(line) for line in f if "train_loss" in line]
+  epochs = [r for r in record_files.read_records(str(tmp_path)) if "train_loss" in r]
   got = [{key: record[key] for key in CLASSIFIER_RECORDS[variant][0]} for record in epochs]
   assert got == CLASSIFIER_RECORDS[variant]
 

@@ -16,12 +16,11 @@ from configs import cifar
 from wn_jax.data import sources, zca
 from wn_jax.layers.parameterization import PARAMETERIZATIONS
 from wn_jax.tasks import classification
-from wn_jax.trainer import config_checks, train
+from wn_jax.trainer import config_checks, record_files, train
 
 
 def _read_metrics(workdir):
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    return [json.loads(line) for line in f]
+  return record_files.read_records(str(workdir))
 
 
 def _lrelu(x):

@@ -25,14 +25,13 @@ import concurrent.futures
 import glob
 import hashlib
 import itertools
-import json
 import os
 import subprocess
 import sys
 from collections.abc import Sequence
 from typing import NamedTuple
 
-from wn_jax.trainer import sweep
+from wn_jax.trainer import record_files, sweep
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PAPER_LEARNING_RATES = (3e-4, 1e-3, 3e-3, 1e-2, 3e-2)
@@ -71,10 +70,8 @@ EXPERIMENTS = {
 def finished(workdir: str) -> bool:
   """True if the run's metrics hold its last epoch."""
   try:
-    with open(os.path.join(workdir, "config.json")) as f:
-      num_epochs = json.load(f)["num_epochs"]
-    with open(os.path.join(workdir, "metrics.jsonl")) as f:
-      return any(json.loads(line).get("epoch") == num_epochs for line in f)
+    num_epochs = record_files.read_config(workdir)["num_epochs"]
+    return any(r.get("epoch") == num_epochs for r in record_files.read_records(workdir))
   except (OSError, ValueError):
     return False
 

@@ -18,7 +18,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 from collections.abc import Sequence
 
@@ -28,21 +27,13 @@ import numpy as np
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from wn_jax.trainer import record_files  # noqa: E402
+
 
 def read_run(workdir: str) -> tuple[dict, list[dict]]:
   """Returns (config dict, per-epoch records) of a workdir."""
-  metrics_path = os.path.join(workdir, "metrics.jsonl")
-  config_path = os.path.join(workdir, "config.json")
-  for path in (metrics_path, config_path):
-    if not os.path.exists(path):
-      raise FileNotFoundError(f"{path} not found: is {workdir!r} a training workdir?")
-  with open(config_path) as f:
-    config = json.load(f)
-  with open(metrics_path) as f:
-    records = [json.loads(line) for line in f if line.strip()]
+  config, records = record_files.read_run(workdir, "test_error")
   epochs = [r for r in records if "test_error" in r]
-  if not epochs:
-    raise ValueError(f"{metrics_path} holds no finished epoch yet.")
   return config, epochs
 
 
@@ -56,10 +47,9 @@ def _save(fig, output: str, title: str | None) -> None:
 
 def read_norms(workdir: str) -> tuple[dict, list[int], dict[str, list[float]]]:
   """(config, steps, {'<layer>/v_norm' or '<layer>/g_over_v_norm': values})."""
-  with open(os.path.join(workdir, "config.json")) as f:
-    config = json.load(f)
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    records = [json.loads(line) for line in f if "/v_norm" in line]
+  config = record_files.read_config(workdir)
+  records = [r for r in record_files.read_records(workdir)
+             if any(k.endswith("/v_norm") for k in r)]
   if not records:
     raise ValueError(f"{workdir}/metrics.jsonl has no weight-norm records: is it a "
                      "WN run with config.log_norms_every_steps > 0?")

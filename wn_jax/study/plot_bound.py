@@ -15,8 +15,6 @@ final importance-weighted bounds.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 from collections.abc import Sequence
 
 import matplotlib
@@ -26,18 +24,14 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from wn_jax.study.plot import arm_label  # noqa: E402
+from wn_jax.trainer import record_files  # noqa: E402
 
 
 def read_bound_run(workdir: str) -> dict:
   """A run's config and records: {'config', 'subset' [(epoch, record)],
   'epochs' [record], 'final' record or None}."""
-  with open(os.path.join(workdir, "config.json")) as f:
-    config = json.load(f)
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    records = [json.loads(line) for line in f if line.strip()]
+  config, records = record_files.read_run(workdir, "test_elbo")
   epochs = [r for r in records if "test_elbo" in r]
-  if not epochs:
-    raise ValueError(f"{workdir}/metrics.jsonl holds no evaluated epoch yet.")
   steps_per_epoch = epochs[0]["step"] / epochs[0]["epoch"]
   subset = [(r["step"] / steps_per_epoch, r) for r in records if "subset_test_elbo" in r]
   finals = [r for r in records if "final" in r]

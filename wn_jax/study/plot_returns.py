@@ -12,8 +12,6 @@ steps they were measured at. Runs are cut to the shortest of their group.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 from collections.abc import Sequence
 
 import matplotlib
@@ -24,18 +22,15 @@ from wn_jax.study.plot_bound import mean_and_standard_error
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from wn_jax.trainer import record_files  # noqa: E402
+
 
 def read_return_run(workdir: str, max_epoch: int | None = None) -> dict:
   """{'config', 'epochs' [int], 'returns' [float]} of a DQN run's records
   (up to `max_epoch`, if given)."""
-  with open(os.path.join(workdir, "config.json")) as f:
-    config = json.load(f)
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    records = [json.loads(line) for line in f if line.strip()]
+  config, records = record_files.read_run(workdir, "test_return")
   epochs = [r for r in records if "test_return" in r
             and (max_epoch is None or r["epoch"] <= max_epoch)]
-  if not epochs:
-    raise ValueError(f"{workdir}/metrics.jsonl holds no evaluated epoch yet.")
   return {"config": config, "epochs": [r["epoch"] for r in epochs],
           "returns": [r["test_return"] for r in epochs]}
 

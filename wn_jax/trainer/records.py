@@ -26,6 +26,7 @@ from PIL import Image
 from wn_jax.trainer import sweep
 from wn_jax.trainer.placement import fetch
 from wn_jax.trainer.program import Members, Program
+from wn_jax.trainer.record_files import METRICS_FILE, parse_records
 from wn_jax.trainer.steps import TrainState
 
 CHECKPOINT_HEADROOM_FACTOR = 4  # free disk needed, in checkpoint sizes
@@ -70,12 +71,14 @@ class _MetricsLog:
   """Appends one JSON object per line to workdir/metrics.jsonl."""
 
   def __init__(self, workdir: str, resume_step: int):
-    self.path = os.path.join(workdir, "metrics.jsonl")
+    self.path = os.path.join(workdir, METRICS_FILE)
     # Drop records past the restored checkpoint (process 0 alone writes the
     # file; another host rewriting it could drop process 0's new records).
     if jax.process_index() == 0 and os.path.exists(self.path):
       with open(self.path) as f:
-        kept = [line for line in f if line.strip() and json.loads(line)["step"] <= resume_step]
+        lines = [line for line in f if line.strip()]
+      kept = [line for line, record in zip(lines, parse_records(lines))
+              if record["step"] <= resume_step]
       with open(self.path, "w") as f:
         f.writelines(kept)
 
