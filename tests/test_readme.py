@@ -1,4 +1,5 @@
-"""Every ```python block of README.md runs as written, in a fresh namespace.
+"""Every ```python block of README.md and docs/LAYERS.md runs as written, in a
+fresh namespace; every link of README and docs/ resolves inside the repository.
 
 A block is named by the `## ` section it stands in (with `[2]`, `[3]`, ...
 for a later block in the same section). What a block prints is checked
@@ -20,10 +21,16 @@ _BLOCK = re.compile(r"^## ([^\n]*)$|^```python\n(.*?)^```$(?:\n+prints\n+```\n(.
 _NUMBER = re.compile(r"-?\d+\.\d+")
 
 
+# The pages whose python blocks run here.
+PAGES = ("README.md", os.path.join("docs", "LAYERS.md"))
+
+
 def readme_python_blocks() -> list[tuple[str, str, str]]:
-  """(name, code, shown output or '') of every ```python block of README.md."""
-  with open(os.path.join(REPO_ROOT, "README.md")) as f:
-    readme = f.read()
+  """(name, code, shown output or '') of every ```python block of PAGES."""
+  readme = ""
+  for page in PAGES:
+    with open(os.path.join(REPO_ROOT, page)) as f:
+      readme += f.read() + "\n"
   blocks, count, section = [], {}, "top"
   for heading, code, shown in _BLOCK.findall(readme):
     if heading:
@@ -86,3 +93,35 @@ def test_readme_python_block_runs(name, code, shown, capsys):
     assert expected in out, (expected, out)
   if shown:
     assert_prints(out, shown)
+
+
+# [text](target) links and `path` mentions of files in the repository.
+_LINK = re.compile(r"\]\(([^)#\s]+)(?:#[^)]*)?\)")
+_PATH = re.compile(r"`((?:docs|configs|wn_jax|scripts|tests|benchmarks|analysis)/[\w./-]+)`")
+
+
+def _pages():
+  docs = os.path.join(REPO_ROOT, "docs")
+  return ["README.md"] + [os.path.join("docs", name) for name in sorted(os.listdir(docs))
+                          if name.endswith(".md")]
+
+
+def test_every_link_and_path_of_readme_and_docs_resolves_inside_the_repository():
+  missing = []
+  for page in _pages():
+    with open(os.path.join(REPO_ROOT, page)) as f:
+      text = f.read()
+    base = os.path.dirname(os.path.join(REPO_ROOT, page))
+    for target in _LINK.findall(text):
+      if target.startswith(("http://", "https://")):
+        continue
+      path = os.path.normpath(os.path.join(base, target))
+      if not path.startswith(REPO_ROOT + os.sep) or not os.path.exists(path):
+        missing.append((page, target))
+    for target in _PATH.findall(text):
+      path = os.path.join(REPO_ROOT, target.rstrip("/."))
+      if "<" not in target and "*" not in target and not os.path.exists(path):
+        missing.append((page, target))
+    if "../shared" in text:
+      missing.append((page, "../shared (outside the repository)"))
+  assert missing == []
