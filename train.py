@@ -1,15 +1,16 @@
-"""Train the paper's CIFAR-10 network: absl flags + one call into the library.
+"""Train any of the paper's experiments: absl flags + one call into the library.
 
   python train.py --config configs/cifar.py[:variant[,variant]] --workdir DIR \
       [--config.key=value ...]
 
+The config names the task (CIFAR-10, the VAE, DRAW, the DQN: configs/).
 Re-running the same command resumes from the newest checkpoint in DIR.
 """
 
 from absl import app, flags
 from ml_collections import config_flags
 
-from wn_jax import train
+from wn_jax.trainer import train
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and config.")

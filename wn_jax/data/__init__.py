@@ -1,4 +1,4 @@
-"""Data in, arrays out: load CIFAR-style image data, scale, ZCA-whiten, batch.
+"""Data in, arrays out: CIFAR-10 and MNIST files, image folders, tfds; ZCA, batches; replay, Atari.
 
 The data recipe follows the authors' CIFAR-10 code (openai/weightnorm,
 `lasagne/train.py` and `lasagne/nn.py`, class `ZCA`):
@@ -27,7 +27,10 @@ The modules, in the order the data flows (each imports only those above it):
 * `zca`: pixel scaling, the covariance spectrum and ZCA whitening;
 * `cache`: `load_whitened`, the above through the on-disk cache;
 * `batches`: epoch orders, batch indices, subsets and augmentation (no
-  file or cache access).
+  file or cache access);
+* `replay`: the DQN's replay buffer, a ring of device arrays (whole
+  transitions, or one Atari frame per step);
+* `atari`: Atari games (ale-py) behind gymnax's functional interface.
 
 Nothing in this package knows about models, optimizers or devices.
 """
