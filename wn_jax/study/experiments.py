@@ -33,7 +33,8 @@ from typing import NamedTuple
 
 from wn_jax.trainer import record_files, sweep
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# wn_jax/study/experiments.py -> the repository root (train.py beside wn_jax/).
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PAPER_LEARNING_RATES = (3e-4, 1e-3, 3e-3, 1e-2, 3e-2)
 
 

@@ -27,6 +27,8 @@ import numpy as np
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from wn_jax.study import figures  # noqa: E402
+from wn_jax.study.figures import arm_label  # noqa: E402
 from wn_jax.trainer import record_files  # noqa: E402
 
 
@@ -169,21 +171,6 @@ def data_label(config: dict) -> str:
   return label
 
 
-def arm_label(config: dict) -> str:
-  """What a run's arm is, from its config: the parameterization, and the
-  start or reading where the config offers two ('normal (w direct)' for
-  `model.normal_weights='direct'`, 'wn (g = ‖v‖)' for DRAW's
-  `model.g_start='norm'`)."""
-  model = config["model"]
-  label = model["parameterization"]
-  if (model.get("normal_weights", "scaled") == "direct" and model.get("data_init", True)
-      and label in ("normal", "mobn")):
-    label += " (w direct)"
-  if model.get("g_start", "one") == "norm" and label == "wn":
-    label += " (g = ‖v‖)"
-  return label
-
-
 def run_label(config: dict, with_seed: bool, with_data: bool = False) -> str:
   model = config["model"]
   label = arm_label(config)
@@ -263,10 +250,9 @@ def group_runs(workdirs: Sequence[str]) -> dict[str, list[list[dict]]]:
   order; the label names the data when the runs differ in it."""
   runs = [read_run(workdir) for workdir in workdirs]
   with_data = _differ_in_data([config for config, _ in runs])
-  groups: dict[str, list[list[dict]]] = {}
-  for config, epochs in runs:
-    groups.setdefault(run_label(config, with_seed=False, with_data=with_data), []).append(epochs)
-  return groups
+  grouped = figures.group_runs(
+      runs, lambda run: run_label(run[0], with_seed=False, with_data=with_data))
+  return {label: [epochs for _, epochs in members] for label, members in grouped.items()}
 
 
 def plot_runs_mean(workdirs: Sequence[str], output: str, title: str | None = None) -> None:
@@ -280,9 +266,9 @@ def plot_runs_mean(workdirs: Sequence[str], output: str, title: str | None = Non
 
   def draw(ax, key, scale):
     for i, (label, runs) in enumerate(groups.items()):
-      n = num_epochs[label]
-      x = [r["epoch"] for r in runs[0][:n]]
-      values = scale * np.array([[r[key] for r in epochs[:n]] for epochs in runs])
+      x, values = figures.stack([([r["epoch"] for r in epochs], [r[key] for r in epochs])
+                                 for epochs in runs])
+      values = scale * values
       ax.plot(x, values.mean(0), label=f"{label} ({num_runs[label]})", color=f"C{i % 10}")
       ax.fill_between(x, values.min(0), values.max(0), color=f"C{i % 10}", alpha=0.2)
 

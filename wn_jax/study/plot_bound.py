@@ -23,7 +23,8 @@ import numpy as np
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from wn_jax.study.plot import arm_label  # noqa: E402
+from wn_jax.study import figures  # noqa: E402
+from wn_jax.study.figures import arm_label  # noqa: E402
 from wn_jax.trainer import record_files  # noqa: E402
 
 
@@ -40,34 +41,22 @@ def read_bound_run(workdir: str) -> dict:
 
 
 def group_by_parameterization(workdirs: Sequence[str]) -> dict[str, list[dict]]:
-  groups: dict[str, list[dict]] = {}
-  for workdir in workdirs:
-    run = read_bound_run(workdir)
-    groups.setdefault(arm_label(run["config"]), []).append(run)
-  for runs in groups.values():
-    runs.sort(key=lambda run: run["config"]["seed"])
-  return groups
+  """{arm: its runs (`read_bound_run`), by seed}."""
+  return figures.group_runs((read_bound_run(w) for w in workdirs),
+                            lambda run: arm_label(run["config"]),
+                            seed=lambda run: run["config"]["seed"])
 
 
 def _series(runs: list[dict], part: str, key: str) -> tuple[np.ndarray, np.ndarray]:
   """x [T] and values [runs, T], cut to the shortest run."""
   if part == "subset":
-    n = min(len(run["subset"]) for run in runs)
-    x = np.array([epoch for epoch, _ in runs[0]["subset"][:n]])
-    values = np.array([[r[key] for _, r in run["subset"][:n]] for run in runs])
-  else:
-    n = min(len(run["epochs"]) for run in runs)
-    x = np.array([r["epoch"] for r in runs[0]["epochs"][:n]])
-    values = np.array([[r[key] for r in run["epochs"][:n]] for run in runs])
-  return x, values
+    return figures.stack([([epoch for epoch, _ in run["subset"]],
+                           [r[key] for _, r in run["subset"]]) for run in runs])
+  return figures.stack([([r["epoch"] for r in run["epochs"]], [r[key] for r in run["epochs"]])
+                        for run in runs])
 
 
-def mean_and_standard_error(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-  """Mean and standard error (std with ddof=1 over sqrt(n); 0 for one run)
-  over the runs axis 0 of values [runs, ...]."""
-  n = values.shape[0]
-  spread = values.std(0, ddof=1) / np.sqrt(n) if n > 1 else np.zeros(values.shape[1])
-  return values.mean(0), spread
+mean_and_standard_error = figures.mean_and_standard_error
 
 
 # The paper's Figure 4 (DRAW on MNIST, test bound in nats per image), read off

@@ -17,7 +17,8 @@ from collections.abc import Sequence
 import matplotlib
 import numpy as np
 
-from wn_jax.study.plot_bound import mean_and_standard_error
+from wn_jax.study import figures
+from wn_jax.study.figures import mean_and_standard_error
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -42,20 +43,14 @@ def group_name(config: dict) -> str:
 
 def group_runs(workdirs: Sequence[str], max_epoch: int | None = None
                ) -> dict[str, list[dict]]:
-  groups: dict[str, list[dict]] = {}
-  for workdir in workdirs:
-    run = read_return_run(workdir, max_epoch)
-    groups.setdefault(group_name(run["config"]), []).append(run)
-  for runs in groups.values():
-    runs.sort(key=lambda run: run["config"]["seed"])
-  return groups
+  return figures.group_runs((read_return_run(w, max_epoch) for w in workdirs),
+                            lambda run: group_name(run["config"]),
+                            seed=lambda run: run["config"]["seed"])
 
 
 def _matrix(runs: list[dict]) -> tuple[np.ndarray, np.ndarray]:
   """Epochs [T] and returns [runs, T], cut to the shortest run."""
-  n = min(len(run["returns"]) for run in runs)
-  return (np.array(runs[0]["epochs"][:n]),
-          np.array([run["returns"][:n] for run in runs], np.float64))
+  return figures.stack([(run["epochs"], run["returns"]) for run in runs])
 
 
 def env_steps_per_epoch(config: dict) -> int:
