@@ -177,15 +177,21 @@ def test_data_init_standardises_every_unit_of_the_whole_vae(parameterization):
 @pytest.mark.parametrize("wn, normal", [
     pytest.param("wn", "normal", marks=pytest.mark.slow),  # 4 s cold on the 2-core CPU
     pytest.param("wn_mobn", "mobn", marks=pytest.mark.slow)])  # the VAE's compile
-def test_normal_starts_from_the_function_of_wn(tiny_mnist, wn, normal):
-  config = mnist_vae.get_config(wn)
-  config.data.folder = tiny_mnist
+def _tiny_init_setup(folder, variant):
+  """The tiny VAE's config, an init batch of 32 8x8 images and the init keys."""
+  config = mnist_vae.get_config(variant)
+  config.data.folder = folder
   for key, value in TINY_CONFIG.items():
     config.model[key] = value
   batch = {"images": jnp.asarray(np.random.default_rng(0).integers(0, 256, (32, 8, 8, 1)),
                                  jnp.uint8)}
   rngs = {"params": jax.random.key(1), "sample": jax.random.key(2),
           "binarize": jax.random.key(3)}
+  return config, batch, rngs
+
+
+def test_normal_starts_from_the_function_of_wn(tiny_mnist, wn, normal):
+  config, batch, rngs = _tiny_init_setup(tiny_mnist, wn)
   info = {"image_shape": (8, 8, 1)}
   variables, outputs = {}, {}
   for parameterization in (wn, normal):
@@ -212,14 +218,7 @@ def test_the_two_readings_of_normal_start_alike_and_step_differently(tiny_mnist)
   Adamax step each element of w = s kernel has moved by ~0.1 lr s
   (scaled: the kernel moves by 0.1 lr, first step, no bias correction) or
   by ~0.1 lr whatever s (direct: w itself is trained)."""
-  config = mnist_vae.get_config("normal")
-  config.data.folder = tiny_mnist
-  for key, value in TINY_CONFIG.items():
-    config.model[key] = value
-  batch = {"images": jnp.asarray(np.random.default_rng(0).integers(0, 256, (32, 8, 8, 1)),
-                                 jnp.uint8)}
-  rngs = {"params": jax.random.key(1), "sample": jax.random.key(2),
-          "binarize": jax.random.key(3)}
+  config, batch, rngs = _tiny_init_setup(tiny_mnist, "normal")
   step_rngs = {"sample": jax.random.key(5), "binarize": jax.random.key(6)}
   lr = config.optimizer.learning_rate
   outputs, moves = {}, {}

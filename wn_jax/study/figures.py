@@ -8,6 +8,7 @@ read through `wn_jax.trainer.record_files`.
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
@@ -59,3 +60,12 @@ def mean_and_standard_error(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]
   n = values.shape[0]
   spread = values.std(0, ddof=1) / np.sqrt(n) if n > 1 else np.zeros(values.shape[1])
   return values.mean(0), spread
+
+
+def figure_parser(description: str) -> argparse.ArgumentParser:
+  """The command line every figure shares: run folders, -o, --title."""
+  parser = argparse.ArgumentParser(description=description)
+  parser.add_argument("workdirs", nargs="+", help="run folders (metrics.jsonl + config.json)")
+  parser.add_argument("-o", "--output", required=True, help="the figure (.png)")
+  parser.add_argument("--title", default=None)
+  return parser

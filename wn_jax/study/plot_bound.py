@@ -14,7 +14,6 @@ final importance-weighted bounds.
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Sequence
 
 import matplotlib
@@ -182,10 +181,7 @@ def bound_table(groups: dict[str, list[dict]], epochs: Sequence[int] | None = No
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  parser.add_argument("workdirs", nargs="+", help="run folders (metrics.jsonl + config.json)")
-  parser.add_argument("-o", "--output", required=True, help="the figure (.png)")
-  parser.add_argument("--title", default=None)
+  parser = figures.figure_parser(__doc__.split("\n\n")[0])
   parser.add_argument("--paper", default=None, choices=sorted(PAPER_CURVES),
                       help="overlay the paper's curves and add a panel on its axes")
   parser.add_argument("--table-epochs", default=None,

@@ -11,7 +11,6 @@ steps they were measured at. Runs are cut to the shortest of their group.
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Sequence
 
 import matplotlib
@@ -101,10 +100,7 @@ def returns_table(groups: dict[str, list[dict]]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  parser.add_argument("workdirs", nargs="+", help="run folders (metrics.jsonl + config.json)")
-  parser.add_argument("-o", "--output", required=True, help="the figure (.png)")
-  parser.add_argument("--title", default=None)
+  parser = figures.figure_parser(__doc__.split("\n\n")[0])
   parser.add_argument("--max-epoch", type=int, default=None,
                       help="compare every run up to this epoch (runs stopped at different ones)")
   args = parser.parse_args(argv)
