@@ -87,7 +87,7 @@ def test_the_classifier_takes_the_direct_reading_of_normal_on_its_built_model(ap
   import numpy as np
 
   from wn_jax.tasks import classification
-  images = jax.random.normal(jax.random.key(0), (24, 8, 8, 3))
+  images = jax.random.normal(jax.random.key(0), (24, 16, 16, 3))
   variables, logits = {}, {}
   for variant in ("normal", "normal,direct"):
     config = cifar.get_config(variant)
@@ -106,4 +106,10 @@ def test_the_classifier_takes_the_direct_reading_of_normal_on_its_built_model(ap
   np.testing.assert_allclose(direct["params"]["NormalizedConv_1"]["linear"]["kernel"],
                              layer["kernel"] * scaled["frozen"]["NormalizedConv_1"]["linear"]["scale"],
                              rtol=1e-6)
+  assert np.all(np.isfinite(logits["normal"]))
   np.testing.assert_allclose(logits["normal"], logits["normal,direct"], rtol=1e-4, atol=1e-5)
+  if api == "linen":  # fold knows the reading: the folded direct model is the same function
+    import wn_jax
+    folded_model, folded = wn_jax.fold(model, direct)
+    np.testing.assert_allclose(folded_model.apply(folded, images, train=False),
+                               logits["normal,direct"], rtol=1e-4, atol=1e-5)
