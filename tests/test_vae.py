@@ -174,9 +174,6 @@ def test_data_init_standardises_every_unit_of_the_whole_vae(parameterization):
     np.testing.assert_allclose(jnp.std(y, axes), scale, rtol=2e-3, err_msg=name)
 
 
-@pytest.mark.parametrize("wn, normal", [
-    pytest.param("wn", "normal", marks=pytest.mark.slow),  # 4 s cold on the 2-core CPU
-    pytest.param("wn_mobn", "mobn", marks=pytest.mark.slow)])  # the VAE's compile
 def _tiny_init_setup(folder, variant):
   """The tiny VAE's config, an init batch of 32 8x8 images and the init keys."""
   config = mnist_vae.get_config(variant)
@@ -190,6 +187,9 @@ def _tiny_init_setup(folder, variant):
   return config, batch, rngs
 
 
+@pytest.mark.parametrize("wn, normal", [
+    pytest.param("wn", "normal", marks=pytest.mark.slow),  # 4 s cold on the 2-core CPU
+    pytest.param("wn_mobn", "mobn", marks=pytest.mark.slow)])  # the VAE's compile
 def test_normal_starts_from_the_function_of_wn(tiny_mnist, wn, normal):
   config, batch, rngs = _tiny_init_setup(tiny_mnist, wn)
   info = {"image_shape": (8, 8, 1)}
