@@ -17,14 +17,8 @@ from collections.abc import Iterator
 from flax import linen as nn
 
 # The math is written once in `wn_jax.ops`, shared with the NNX layers.
-from wn_jax.ops import (
-  INIT_ORDERS,
-  batch_mean,
-  batch_mean_and_var,
-  check_init_order,
-  data_init_scale_and_bias,
-  default_v_init,
-)
+from wn_jax.ops import batch_mean, batch_mean_and_var, data_init_scale_and_bias
+from wn_jax.parameterizations import INIT_ORDERS, check_init_order, default_v_init
 
 __all__ = ["INIT_ORDERS", "batch_mean", "batch_mean_and_var", "check_init_order",
            "data_init_scale_and_bias", "default_v_init", "no_data_init", "runs_data_init"]

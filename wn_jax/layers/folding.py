@@ -41,7 +41,8 @@ from wn_jax.layers.batch_norm import MeanOnlyBatchNorm
 from wn_jax.layers.plain import PlainConv, PlainDense
 from wn_jax.layers.recurrent import LSTMCell, fold_lstm
 from wn_jax.layers.weight_norm import WeightNorm
-from wn_jax.ops import FOLDED, FROZEN, canonical_axes, check_parameterization, fold_layer
+from wn_jax.ops import canonical_axes
+from wn_jax.parameterizations import FOLDED, FROZEN, check_parameterization, fold_layer
 
 Array = jax.Array
 PyTree = Any

@@ -18,7 +18,7 @@ from flax import linen as nn
 from wn_jax.layers.batch_norm import BatchNorm, MeanOnlyBatchNorm
 from wn_jax.layers.plain import MaskDegrees, PlainConv, PlainDense
 from wn_jax.layers.wn_layers import WNConv, WNDense
-from wn_jax.ops import (  # noqa: F401 (NORMAL_TWINS, normal_from_weight_norm: re-exported)
+from wn_jax.parameterizations import (  # noqa: F401 (NORMAL_TWINS, normal_from_weight_norm: re-exported)
   FOLDED,
   NORMAL_TWINS,
   PARAMETERIZATIONS,

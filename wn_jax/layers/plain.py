@@ -24,7 +24,7 @@ from wn_jax.layers.data_init import (
   default_v_init,
   runs_data_init,
 )
-from wn_jax.ops import (  # noqa: F401 (re-exported for the layers' users)
+from wn_jax.parameterizations import (  # noqa: F401 (re-exported for the layers' users)
   FROZEN,
   NORMAL_WEIGHTS,
   check_normal_weights,

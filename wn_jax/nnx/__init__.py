@@ -25,7 +25,8 @@ from wn_jax.nnx.parameterization import NormalizedConv, NormalizedDense
 from wn_jax.nnx.plain import Conv2D, Frozen, PlainConv, PlainDense
 from wn_jax.nnx.recurrent import LSTMCell
 from wn_jax.nnx.weight_norm import WeightNorm, default_feature_axes, default_v_init
-from wn_jax.ops import INIT_ORDERS, NORM_EPSILON, PARAMETERIZATIONS
+from wn_jax.ops import NORM_EPSILON
+from wn_jax.parameterizations import INIT_ORDERS, PARAMETERIZATIONS
 
 __all__ = [
     "BatchNorm", "CifarNet", "Conv2D", "Frozen", "INIT_ORDERS", "LSTMCell", "MeanOnlyBatchNorm",

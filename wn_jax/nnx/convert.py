@@ -12,7 +12,7 @@ names differ: Linen's `NormalizedConv_i` is NNX's `convs/i`, and
 
 `fold(model)` is `wn_jax.fold` for the NNX model: every Normalized layer
 becomes a plain conv / dense layer (kernel and bias) computing the same
-eval-mode function, through the same `ops.fold_layer`.
+eval-mode function, through the same `parameterizations.fold_layer`.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from wn_jax import ops
+from wn_jax import ops, parameterizations
 from wn_jax.nnx import models
 from wn_jax.nnx.batch_norm import MeanOnlyBatchNorm
 from wn_jax.nnx.parameterization import NormalizedConv, NormalizedDense
@@ -110,7 +110,7 @@ def fold(model: nnx.Module) -> nnx.Module:
   A model written against the switch (a `parameterization` field and
   `NormalizedConv`/`NormalizedDense` layers, e.g. `CifarNet`): every such
   layer of the copy gets parameterization 'folded', its `linear` a plain
-  `Conv2D` / nnx.Linear holding the kernel and bias of `ops.fold_layer`
+  `Conv2D` / nnx.Linear holding the kernel and bias of `parameterizations.fold_layer`
   (w = g v/||v||, the frozen scale and both batch norms folded in) and its
   `norm` gone. Any other model built from the public layers: every
   `WeightNorm` becomes a `FoldedLayer` (the wrapped layer with kernel
@@ -123,35 +123,35 @@ def fold(model: nnx.Module) -> nnx.Module:
   rounding).
   """
   parameterization = getattr(model, "parameterization", None)
-  if parameterization == ops.FOLDED:
+  if parameterization == parameterizations.FOLDED:
     raise ValueError("The model is already folded.")
   folded = nnx.clone(model)
   found = [node for _, node in nnx.iter_graph(folded)
            if isinstance(node, (NormalizedConv, NormalizedDense))]
   if parameterization is None or not found:
     return _fold_any(folded, type(model).__name__)
-  ops.check_parameterization(parameterization)
+  parameterizations.check_parameterization(parameterization)
   for layer in found:
     linear = _values(layer.linear, nnx.Param, ("v", "g", "b", "kernel"))
     frozen = _values(layer.linear, Frozen, ("scale",)).get("scale")
     norm_params = _values(layer.norm, nnx.Param, ("scale", "b")) or None
     norm_stats = _values(layer.norm, nnx.BatchStat, ("mean", "var")) or None
-    plain = ops.fold_layer(layer.parameterization, linear, norm_params,
+    plain = parameterizations.fold_layer(layer.parameterization, linear, norm_params,
                                norm_stats, frozen, getattr(model, "bn_epsilon", 1e-6))
     if isinstance(layer, NormalizedConv):
       new = NormalizedConv(
           layer.in_features, layer.features, layer.kernel_size, strides=layer.strides,
-          padding=layer.padding, parameterization=ops.FOLDED,
+          padding=layer.padding, parameterization=parameterizations.FOLDED,
           dtype=layer.dtype, rngs=nnx.Rngs(0))
     else:
       new = NormalizedDense(layer.in_features, layer.features,
-                                   parameterization=ops.FOLDED,
+                                   parameterization=parameterizations.FOLDED,
                                    dtype=layer.dtype, rngs=nnx.Rngs(0))
     new.linear.kernel.set_value(plain["kernel"])
     new.linear.bias.set_value(plain["bias"])
     layer.linear, layer.norm = new.linear, new.norm
-    layer.parameterization = ops.FOLDED
-  folded.parameterization = ops.FOLDED
+    layer.parameterization = parameterizations.FOLDED
+  folded.parameterization = parameterizations.FOLDED
   return folded
 
 

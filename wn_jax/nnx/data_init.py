@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 
 from flax import nnx
 
-from wn_jax import ops
+from wn_jax import parameterizations
 
 
 class DataInitLayer(nnx.Module):
@@ -68,7 +68,7 @@ def data_init(model: nnx.Module, *inputs: Any, init_order: str = "sequential",
   Returns:
     The model's output on the init batch (after the init).
   """
-  ops.check_init_order(init_order)
+  parameterizations.check_init_order(init_order)
   targets = [node for _, node in nnx.iter_graph(model)
              if isinstance(node, DataInitLayer)]
   if not any(t.sets_scale for t in targets):

@@ -18,7 +18,7 @@ from flax import linen as nn
 from flax import nnx
 from flax.core.scope import LazyRng
 
-from wn_jax import ops
+from wn_jax import parameterizations
 from wn_jax.nnx.parameterization import NormalizedConv, NormalizedDense
 
 Array = jax.Array
@@ -67,8 +67,8 @@ class CifarNet(nnx.Module):
                bn_momentum: float = 0.9, bn_epsilon: float = 1e-6,
                conv_weight_grad: str = "xla", dtype: Any = jnp.float32,
                rngs: nnx.Rngs):
-    if parameterization != ops.FOLDED:
-      ops.check_parameterization(parameterization)
+    if parameterization != parameterizations.FOLDED:
+      parameterizations.check_parameterization(parameterization)
     self.parameterization = parameterization
     self.input_noise = input_noise
     self.leaky_relu_slope = leaky_relu_slope

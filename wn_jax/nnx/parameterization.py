@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from wn_jax import ops
+from wn_jax import parameterizations
 from wn_jax.nnx.batch_norm import BatchNorm, MeanOnlyBatchNorm
 from wn_jax.nnx.plain import Conv2D, PlainConv, PlainDense, default_v_init
 from wn_jax.nnx.weight_norm import WeightNorm
@@ -33,11 +33,11 @@ class _Normalized(nnx.Module):
              parameterization, init_scale, data_init, bn_momentum, bn_epsilon,
              rngs):
     self.parameterization = parameterization
-    if parameterization == ops.FOLDED:
+    if parameterization == parameterizations.FOLDED:
       self.linear = make_folded()
       self.norm = nnx.data(None)
       return
-    ops.check_parameterization(parameterization)
+    parameterizations.check_parameterization(parameterization)
     weight_norm = parameterization in ("wn", "wn_mobn")
     batch_norm = parameterization in ("bn", "mobn", "wn_mobn")
     if weight_norm:

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from wn_jax import ops
+from wn_jax import ops, parameterizations
 from wn_jax.nnx.data_init import DataInitLayer
 
 Array = jax.Array
@@ -24,7 +24,7 @@ Dtype = Any
 Initializer = Callable[..., Array]
 Padding = str | Sequence[tuple[int, int]]
 
-default_v_init = ops.default_v_init
+default_v_init = parameterizations.default_v_init
 # nnx.Linear's and nnx.Conv's default kernel init, as Linen's.
 default_kernel_init = nnx.initializers.glorot_uniform()
 
@@ -147,7 +147,7 @@ class PlainDense(_Plain):
                 dtype=dtype, param_dtype=param_dtype, axis_name=axis_name, rngs=rngs)
 
   def _linear(self, x, kernel):
-    return ops.dense(x, kernel)
+    return parameterizations.dense(x, kernel)
 
 
 class PlainConv(_Plain):

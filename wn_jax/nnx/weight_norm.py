@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from wn_jax import ops
+from wn_jax import ops, parameterizations
 from wn_jax.nnx.data_init import DataInitLayer
 from wn_jax.nnx.plain import Conv2D
 
@@ -26,7 +26,7 @@ Dtype = Any
 Initializer = Callable[..., Array]
 Padding = str | Sequence[tuple[int, int]]
 
-default_v_init = ops.default_v_init
+default_v_init = parameterizations.default_v_init
 
 
 def default_feature_axes(layer: nnx.Module) -> tuple[int, ...]:

@@ -20,7 +20,7 @@ from absl import logging
 from wn_jax import models
 from wn_jax.data import batches, cache, sources
 from wn_jax.models.functional import FunctionalCifarNet
-from wn_jax.ops import with_normal_weights
+from wn_jax.parameterizations import with_normal_weights
 from wn_jax.tasks.base import TaskData
 
 Array = jax.Array
@@ -160,7 +160,7 @@ def init_variables(config: ml_collections.ConfigDict, model, batch: dict[str, Ar
   """The data-dependent init in training mode (noise and dropout on), as
   the authors' code runs it; batch {'images': [N, H, W, C], ...}.
   `normal`/`mobn` then take the reading `config.model.normal_weights`
-  (`wn_jax.ops.with_normal_weights`)."""
+  (`wn_jax.parameterizations.with_normal_weights`)."""
   variables = model.init(rngs, batch["images"], train=True)
   return with_normal_weights(variables, config.model.get("normal_weights", "scaled"))
 

@@ -40,7 +40,7 @@ from absl import logging
 from wn_jax.data import mnist
 from wn_jax.data.cifar10 import CIFAR10_SOURCES, load_cifar10
 from wn_jax.models.vae import POSTERIORS, VAE, VAEOutput
-from wn_jax.ops import NORMAL_TWINS, normal_from_weight_norm, with_normal_weights
+from wn_jax.parameterizations import NORMAL_TWINS, normal_from_weight_norm, with_normal_weights
 from wn_jax.tasks import elbo
 from wn_jax.tasks.base import TaskData, image_grid
 

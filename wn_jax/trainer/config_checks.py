@@ -14,7 +14,7 @@ from typing import Any
 
 import ml_collections
 
-from wn_jax import ops
+from wn_jax import parameterizations
 from wn_jax.tasks import get_task
 from wn_jax.trainer import steps, sweep
 
@@ -44,10 +44,10 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
       raise ValueError(f"config.{key} must be positive, got {value!r}.")
 
   task = get_task(config.task)
-  ops.check_parameterization(config.model.parameterization)
-  ops.check_init_order(config.model.init_order)
+  parameterizations.check_parameterization(config.model.parameterization)
+  parameterizations.check_init_order(config.model.init_order)
   if "normal_weights" in config.model:
-    ops.check_normal_weights(config.model.normal_weights)
+    parameterizations.check_normal_weights(config.model.normal_weights)
   positive("optimizer.learning_rate", config.optimizer.learning_rate)
   positive("batch_size", config.batch_size)
   positive("num_epochs", config.num_epochs)

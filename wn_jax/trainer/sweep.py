@@ -46,7 +46,7 @@ def run_name(parameterization: str, learning_rate: float, seed: int,
 
   'wn_nodatainit_lr0.001_s0' without the data-dependent init;
   'normal_direct_lr0.001_s0' for the direct reading of a data-initialised
-  `normal` or `mobn` (`wn_jax.ops.NORMAL_WEIGHTS`);
+  `normal` or `mobn` (`wn_jax.parameterizations.NORMAL_WEIGHTS`);
   '..._is0.5' when init_scale is not 1.
   """
   direct = (normal_weights == "direct" and data_init
