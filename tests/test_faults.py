@@ -110,13 +110,12 @@ def _kill_when(command, predicate, timeout=300):
 
 
 def _steps_logged(workdir):
-  """Steps of the complete records in workdir/metrics.jsonl."""
+  """Steps of the complete records in workdir/metrics.jsonl (polled while the
+  run writes it)."""
   try:
-    with open(workdir / "metrics.jsonl") as f:
-      lines = f.readlines()
+    return [r["step"] for r in record_files.read_records(str(workdir))]
   except FileNotFoundError:
     return []
-  return [r["step"] for r in record_files.parse_records(l for l in lines if l.endswith("\n"))]
 
 
 def _records(workdir):
@@ -162,6 +161,32 @@ def test_sigkill_at_any_moment_resumes_from_the_newest_complete_checkpoint(
     np.testing.assert_array_equal(a, b)
   # The same records: each step once, none of the killed runs' left over.
   assert _records(workdir) == _records(reference)
+
+
+def _write_metrics(workdir, steps, tail=""):
+  text = "".join(f'{{"step": {step}, "train_loss": {step / 10}}}\n' for step in steps) + tail
+  (workdir / record_files.METRICS_FILE).write_text(text)
+  return text
+
+
+def test_a_resume_drops_the_line_a_kill_cut_short(tmp_path):
+  _write_metrics(tmp_path, [1, 2, 3], tail='{"step": 4, "train_lo')
+  assert [r["step"] for r in record_files.read_records(str(tmp_path))] == [1, 2, 3]
+  records._MetricsLog(str(tmp_path), resume_step=3).write(4, {"train_loss": 0.4})
+  assert [r["step"] for r in record_files.read_records(str(tmp_path))] == [1, 2, 3, 4]
+
+
+def test_a_resume_replaces_the_records_whole_never_in_place(tmp_path):
+  # A reader of the live file (a figure, a poll) keeps reading the old
+  # records to their end; an in-place rewrite hands it the new file's bytes
+  # at the old offset, half a line.
+  before = _write_metrics(tmp_path, range(1, 40))
+  with open(tmp_path / record_files.METRICS_FILE, "rb", buffering=0) as reader:
+    head = reader.read(100)
+    records._MetricsLog(str(tmp_path), resume_step=20)
+    assert (head + reader.read()).decode() == before
+  assert [r["step"] for r in record_files.read_records(str(tmp_path))] == list(range(1, 21))
+  assert os.listdir(tmp_path) == [record_files.METRICS_FILE]
 
 
 def test_unwritable_workdir_fails_before_training(image_folder, tmp_path, monkeypatch):

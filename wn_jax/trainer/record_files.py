@@ -33,6 +33,17 @@ def read_config(workdir: str) -> dict:
     return json.load(f)
 
 
+def complete_lines(text: str) -> list[str]:
+  """The lines of `text` that end in a newline, blank ones skipped.
+
+  `Records` writes a record and its newline in one call, so a last line
+  without its newline is a write still under way (a live run) or cut short
+  (a killed one): it is not a record yet.
+  """
+  return [line for line in text.splitlines(keepends=True)
+          if line.endswith("\n") and line.strip()]
+
+
 def parse_records(lines: Iterable[str], without_timings: bool = False) -> list[dict]:
   """The records of `metrics.jsonl` lines, in order (blank lines skipped);
   `without_timings` drops `TIMING_FIELDS`."""
@@ -43,9 +54,9 @@ def parse_records(lines: Iterable[str], without_timings: bool = False) -> list[d
 
 
 def read_records(workdir: str, without_timings: bool = False) -> list[dict]:
-  """Every record of the run's `metrics.jsonl`, in order."""
+  """Every complete record of the run's `metrics.jsonl`, in order."""
   with open(_path(workdir, METRICS_FILE)) as f:
-    return parse_records(f, without_timings)
+    return parse_records(complete_lines(f.read()), without_timings)
 
 
 def read_run(workdir: str, key: str) -> tuple[dict, list[dict]]:

@@ -26,7 +26,7 @@ from PIL import Image
 from wn_jax.trainer import sweep
 from wn_jax.trainer.placement import fetch
 from wn_jax.trainer.program import Members, Program
-from wn_jax.trainer.record_files import METRICS_FILE, parse_records
+from wn_jax.trainer.record_files import METRICS_FILE, complete_lines, parse_records, read_records
 from wn_jax.trainer.steps import TrainState
 
 CHECKPOINT_HEADROOM_FACTOR = 4  # free disk needed, in checkpoint sizes
@@ -67,20 +67,34 @@ def _create_summary_writer(workdir: str):
       workdir, just_logging=jax.process_index() > 0, asynchronous=False)
 
 
+def _replace_file(path: str, text: str) -> None:
+  """Writes `text` to `path` atomically: a kill leaves the old file or the new
+  one, never a truncated one, and a reader that has the old file open reads
+  it to its end."""
+  temporary = path + ".tmp"
+  with open(temporary, "w") as f:
+    f.write(text)
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(temporary, path)
+
+
 class _MetricsLog:
   """Appends one JSON object per line to workdir/metrics.jsonl."""
 
   def __init__(self, workdir: str, resume_step: int):
     self.path = os.path.join(workdir, METRICS_FILE)
-    # Drop records past the restored checkpoint (process 0 alone writes the
-    # file; another host rewriting it could drop process 0's new records).
+    # Drop records past the restored checkpoint, and a last line a kill cut
+    # short (process 0 alone writes the file; another host rewriting it could
+    # drop process 0's new records).
     if jax.process_index() == 0 and os.path.exists(self.path):
       with open(self.path) as f:
-        lines = [line for line in f if line.strip()]
+        text = f.read()
+      lines = complete_lines(text)
       kept = [line for line, record in zip(lines, parse_records(lines))
               if record["step"] <= resume_step]
-      with open(self.path, "w") as f:
-        f.writelines(kept)
+      if "".join(kept) != text:
+        _replace_file(self.path, "".join(kept))
 
   def write(self, step: int, metrics: Mapping[str, float]) -> None:
     if jax.process_index() != 0:
@@ -115,9 +129,8 @@ class _MemberRecords:
     """Whether metrics.jsonl holds the final measurements of `step`."""
     if not os.path.exists(self.metrics.path):
       return False
-    with open(self.metrics.path) as f:
-      return any("final" in record and record["step"] == step
-                 for record in map(json.loads, filter(str.strip, f)))
+    return any("final" in record and record["step"] == step
+               for record in read_records(os.path.dirname(self.metrics.path)))
 
   def write_images(self, step: int, images: Mapping[str, np.ndarray]) -> None:
     """uint8 images [H, W, C] into TensorBoard and `pictures/<name>.png`, and
