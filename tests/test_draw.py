@@ -10,7 +10,8 @@ from conftest import read_records
 from PIL import Image
 
 from configs import mnist_draw
-from wn_jax.models.draw import DRAW, DRAWOutput, plain_from_weight_norm
+from wn_jax.models.draw import DRAW, DRAWOutput
+from wn_jax.parameterizations import plain_from_weight_norm
 from wn_jax.tasks import draw
 from wn_jax.trainer import config_checks, train
 from wn_jax.trainer.program import Members, member_epoch_rows
@@ -88,7 +89,7 @@ def test_plain_from_weight_norm_folds_every_layer_at_any_g():
       variables["params"])
   eps = jax.random.normal(jax.random.key(1), (3, 4, 2))
   a = model.apply({"params": params}, x, eps)
-  b = _tiny_model("normal").apply({"params": plain_from_weight_norm(params)}, x, eps)
+  b = _tiny_model("normal").apply({"params": plain_from_weight_norm(params)[0]}, x, eps)
   np.testing.assert_allclose(a.canvas, b.canvas, rtol=1e-4, atol=1e-9)
   unscaled = model.apply(variables, x, eps).canvas
   assert np.max(np.abs(a.canvas - unscaled)) > 0.1 * np.max(np.abs(a.canvas))

@@ -148,3 +148,23 @@ def test_fold_checks_the_feature_axes_it_read_from_the_shapes():
   folded_model, folded = wn_jax.fold(Square(), variables, feature_axes={"WeightNorm_0": (-2,)})
   np.testing.assert_allclose(folded_model.apply(folded, x), Square().apply(variables, x),
                              rtol=1e-5, atol=1e-6)
+
+
+def test_one_weight_norm_to_plain_transform_in_both_of_its_forms():
+  # `plain_layer` is what fold, DRAW's and the VAE's `normal` start use: the
+  # kernel g v/||v||, or v with the frozen scale g/||v|| (the same w).
+  v = jax.random.normal(jax.random.key(0), (3, 3, 2, 4))
+  g = jnp.array([0.5, 1.0, 2.0, 3.0])
+  w = wn_jax.parameterizations.plain_layer({"v": v, "g": g, "b": jnp.ones(4)})[0]
+  kept, scale = wn_jax.parameterizations.plain_layer({"v": v, "g": g}, keep_scale=True)
+  np.testing.assert_allclose(w["kernel"], kept["kernel"] * scale, rtol=1e-6)
+  np.testing.assert_allclose(jnp.sqrt(jnp.sum(w["kernel"] ** 2, axis=(0, 1, 2))), g, rtol=1e-5)
+  assert set(w) == {"kernel", "b"} and set(kept) == {"kernel"}
+  tree = {"block": {"conv": {"v": v, "g": g}, "other": jnp.zeros(2)}}
+  params, scales = wn_jax.parameterizations.plain_from_weight_norm(tree, keep_scale=True)
+  np.testing.assert_array_equal(scales["block"]["conv"]["scale"], scale)
+  np.testing.assert_array_equal(params["block"]["other"], jnp.zeros(2))
+  with pytest.raises(ValueError, match="no weight-normalized layer"):
+    wn_jax.parameterizations.plain_from_weight_norm({"dense": {"kernel": v}})
+  with pytest.raises(ValueError, match="not a weight-normalized layer"):
+    wn_jax.parameterizations.plain_layer({"kernel": v})

@@ -4,8 +4,10 @@ system here, beneath both.
 
 Names: the five parameterizations (and the inference-only 'folded'), the
 init orders, v's initial draw, the frozen-scale collection and the two
-readings of `normal`. Transforms of variable trees: `normal_from_weight_norm`
-(a `wn` network's variables as the `normal` one's), `with_normal_weights`
+readings of `normal`. Transforms of variable trees: `plain_layer` (the one
+weight-normalized -> plain transform of a layer), `plain_from_weight_norm`
+(of a params tree), `normal_from_weight_norm` (a `wn` network's variables
+as the `normal` one's), `with_normal_weights`
 (the direct reading), `fold_layer` (one layer into a plain kernel and
 bias). The array math they use is `wn_jax.ops`.
 """
@@ -20,6 +22,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from wn_jax.ops import NORM_EPSILON, direction_norm, weight_normalized_kernel
+from wn_jax.rnn_ops import fold_lstm
 
 Array = jax.Array
 
@@ -57,6 +60,78 @@ def check_parameterization(parameterization: str) -> None:
 NORMAL_TWINS = {"wn": "normal", "wn_mobn": "mobn"}
 
 
+def plain_layer(params: Mapping[str, Array], feature_axes: int | tuple[int, ...] = -1,
+                keep_scale: bool = False, norm_epsilon: float = NORM_EPSILON,
+                dtype: Any = None) -> tuple[dict[str, Array], Array | None]:
+  """One weight-normalized layer's params as its plain twin's: the one
+  WN -> plain transform (DRAW's and the VAE's `normal` start, `fold`).
+
+  - {v, g[, b]} (WNDense, WNConv, `WeightNorm` around any layer; v's output
+    units on `feature_axes`, g their shape): {kernel: g v/||v|| (eq. 2),
+    computed in float32, in `dtype` (default v's)[, b]} and scale None; with `keep_scale`, {kernel: v[, b]} and
+    the scale s = g/||v|| [g.shape], so s * (x . kernel) = x . (g v/||v||)
+    (the frozen-scale `normal`).
+  - A weight-normalized LSTM cell {v, recurrent_v, g[, recurrent_g], bias,
+    peephole_*}: `fold_lstm`'s params, scale None.
+
+  Returns:
+    (the plain layer's params, its frozen scale or None).
+  """
+  if "recurrent_v" in params:
+    if keep_scale:
+      raise ValueError("plain_layer: an LSTM cell has no frozen-scale form (keep_scale).")
+    return fold_lstm(dict(params)), None
+  if "v" not in params or "g" not in params:
+    raise ValueError(f"plain_layer: no 'v' and 'g' in the params (keys {sorted(params)}): "
+                     "not a weight-normalized layer.")
+  v, g = params["v"], params["g"]
+  bias = {"b": params["b"]} if "b" in params else {}
+  if keep_scale:
+    scale = (g / direction_norm(v, feature_axes, norm_epsilon).reshape(g.shape)).astype(g.dtype)
+    return {"kernel": v, **bias}, scale
+  kernel = weight_normalized_kernel(v, g, feature_axes, norm_epsilon).astype(dtype or v.dtype)
+  return {"kernel": kernel, **bias}, None
+
+
+def is_weight_normalized(node: Any) -> bool:
+  """Whether a params subtree is one weight-normalized layer (`plain_layer`)."""
+  return isinstance(node, Mapping) and ("recurrent_v" in node or ("v" in node and "g" in node))
+
+
+def plain_from_weight_norm(params: Mapping[str, Any], keep_scale: bool = False,
+                           ) -> tuple[dict[str, Any], dict[str, Any]]:
+  """Every weight-normalized layer of a params tree as its plain twin
+  (`plain_layer`, output units last), every other leaf as it is.
+
+  Returns:
+    (params, scales): with `keep_scale`, scales is the tree of
+    {'scale': g/||v||} at each converted layer's path (the `FROZEN`
+    collection of the `normal` network); otherwise {}.
+  Raises ValueError when the tree holds no weight-normalized layer.
+  """
+  scales: dict[str, Any] = {}
+  found = []
+
+  def convert(tree, path):
+    if is_weight_normalized(tree):
+      found.append(path)
+      plain, scale = plain_layer(tree, keep_scale=keep_scale)
+      if scale is not None:
+        node = scales
+        for key in path:
+          node = node.setdefault(key, {})
+        node["scale"] = scale
+      return plain
+    if isinstance(tree, Mapping):
+      return {key: convert(value, path + (key,)) for key, value in tree.items()}
+    return tree
+
+  plain_params = convert(params, ())
+  if not found:
+    raise ValueError("plain_from_weight_norm: no weight-normalized layer in the params.")
+  return plain_params, scales
+
+
 def normal_from_weight_norm(variables: dict[str, Any]) -> dict[str, Any]:
   """The variables of the `normal` (or `mobn`) network computing the same
   function as the given `wn` (or `wn_mobn`) variables (paper section 3:
@@ -64,28 +139,13 @@ def normal_from_weight_norm(variables: dict[str, Any]) -> dict[str, Any]:
 
   Every weight-normalized layer {'v', 'g'[, 'b']} of 'params' becomes the
   plain layer {'kernel': v[, 'b']} with the frozen per-unit scale
-  `g / ||v||` in the `FROZEN` collection at the same path, so
+  `g / ||v||` in the `FROZEN` collection at the same path
+  (`plain_from_weight_norm` with `keep_scale`), so
   `scale * conv(x, kernel) + b = conv(x, g v / ||v||) + b`: the same v draw
   and the same function (to float32 rounding), and training then moves
   w = scale * kernel directly. Other variables are kept.
   """
-  frozen = {}
-
-  def convert(tree, path):
-    if isinstance(tree, dict) and "v" in tree and "g" in tree:
-      v, g = tree["v"], tree["g"]
-      node = frozen
-      for key in path:
-        node = node.setdefault(key, {})
-      node["scale"] = (g / direction_norm(v).reshape(g.shape)).astype(g.dtype)
-      return {"kernel": v, **({"b": tree["b"]} if "b" in tree else {})}
-    if isinstance(tree, dict):
-      return {key: convert(value, path + (key,)) for key, value in tree.items()}
-    return tree
-
-  params = convert(dict(variables["params"]), ())
-  if not frozen:
-    raise ValueError("normal_from_weight_norm: no weight-normalized layer in the variables.")
+  params, frozen = plain_from_weight_norm(variables["params"], keep_scale=True)
   return {**variables, "params": params, FROZEN: frozen}
 
 
@@ -172,7 +232,7 @@ def fold_layer(
   """
   check_parameterization(parameterization)
   if parameterization in ("wn", "wn_mobn"):
-    kernel = weight_normalized_kernel(linear["v"], linear["g"], -1, norm_epsilon)
+    kernel = plain_layer(linear, norm_epsilon=norm_epsilon, dtype=jnp.float32)[0]["kernel"]
   else:
     kernel = linear["kernel"].astype(jnp.float32)
     if frozen_scale is not None:

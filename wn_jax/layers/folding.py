@@ -39,10 +39,17 @@ from flax import linen as nn
 from wn_jax.layers import weight_norm
 from wn_jax.layers.batch_norm import MeanOnlyBatchNorm
 from wn_jax.layers.plain import PlainConv, PlainDense
-from wn_jax.layers.recurrent import LSTMCell, fold_lstm
+from wn_jax.layers.recurrent import LSTMCell
 from wn_jax.layers.weight_norm import WeightNorm
 from wn_jax.ops import canonical_axes
-from wn_jax.parameterizations import FOLDED, FROZEN, check_parameterization, fold_layer
+from wn_jax.parameterizations import (
+  FOLDED,
+  FROZEN,
+  check_parameterization,
+  fold_layer,
+  is_weight_normalized,
+  plain_layer,
+)
 
 Array = jax.Array
 PyTree = Any
@@ -70,7 +77,8 @@ def fold(model: nn.Module, variables: Mapping[str, PyTree],
     (default 1e-6) is used for `bn`;
   - any other model built from the public layers: a `FoldedModel` of it,
     each weight-normalized layer's {v, g, b} replaced by {kernel: g
-    v/||v||, bias: b} (a 'wn' `LSTMCell` by `fold_lstm`'s params), each
+    v/||v||, bias: b} (a 'wn' `LSTMCell` by `fold_lstm`'s params; both
+    `parameterizations.plain_layer`), each
     data-initialised `PlainDense`/`PlainConv`'s kernel multiplied by its
     frozen scale, each `MeanOnlyBatchNorm` by its bias minus its running
     mean; other layers' variables kept. The feature axes of each
@@ -151,19 +159,17 @@ def _fold_tree(params: Mapping, stats: Mapping, frozen: Mapping,
                feature_axes: Mapping[str, Sequence[int]], path: tuple[str, ...],
                assumed: dict, found: list) -> tuple[dict, dict]:
   """(folded params, kept batch_stats) of one subtree; see `fold`."""
-  if "recurrent_v" in params:  # a weight-normalized LSTMCell
+  if is_weight_normalized(params):  # WeightNorm (WNDense, WNConv, ...) or a 'wn' LSTMCell
     found.append(path)
-    return fold_lstm(dict(params)), {}
-  if "v" in params and "g" in params:  # WeightNorm (WNDense, WNConv, ...)
-    found.append(path)
+    if "recurrent_v" in params:
+      return plain_layer(params)[0], {}
     v, g = params["v"], params["g"]
     name = "/".join(path)
     axes = (canonical_axes(feature_axes[name], v.ndim) if name in feature_axes
             else _weight_norm_axes(v, g, path))
     assumed[path] = axes
-    bias = params["b"] if "b" in params else jnp.zeros(g.shape, g.dtype)
-    kernel = weight_norm.weight_normalized_kernel(v, g, axes).astype(v.dtype)
-    return {"kernel": kernel, "bias": bias}, {}
+    plain = plain_layer(params, axes)[0]
+    return {"kernel": plain["kernel"], "bias": plain.get("b", jnp.zeros(g.shape, g.dtype))}, {}
   if "kernel" in params and "scale" in frozen:  # PlainDense/PlainConv, data-initialised
     found.append(path)
     kernel = params["kernel"]

@@ -23,14 +23,15 @@ Every weight matrix goes through `parameterization` ('normal' or 'wn',
 paper eq. 2 per output unit), drawn from N(0, 0.01^2) as in the reference
 code; biases start at 0. No data-dependent init: the paper keeps the
 recurrent model's initialization (section 3, last paragraph; section 5.3).
-`plain_from_weight_norm` turns 'wn' variables into the 'normal' ones
-computing the same function, so both arms start from one draw.
+`wn_jax.parameterizations.plain_from_weight_norm` turns 'wn' variables
+into the 'normal' ones computing the same function, so both arms start
+from one draw.
 """
 
 from __future__ import annotations
 
 import functools
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -41,10 +42,8 @@ from wn_jax.layers.recurrent import (
   DRAW_WEIGHT_INIT,
   RECURRENT_PARAMETERIZATIONS,
   LSTMCell,
-  fold_lstm,
 )
 from wn_jax.models import draw_attention
-from wn_jax.ops import weight_normalized_kernel
 from wn_jax.rnn_ops import check_lstm_options
 
 Array = jax.Array
@@ -222,23 +221,3 @@ class DRAW(nn.Module):
 
   def generate(self, eps: Array) -> DRAWOutput:
     return self._run(eps, None)
-
-
-def plain_from_weight_norm(params: Any) -> Any:
-  """The 'normal' DRAW's params computing the same function as the given
-  'wn' params: every weight-normalized dense layer {v, g, b} becomes
-  {kernel: g v/||v||, b} and every LSTM cell {v, recurrent_v, g[,
-  recurrent_g], ...} {kernel, recurrent_kernel, ...} (`fold_lstm`). At
-  g = ||v|| (the 'norm' start) the kernels equal v exactly, so the two arms
-  start from one weight draw."""
-  def convert(node):
-    if not isinstance(node, dict):
-      return node
-    if "recurrent_v" in node:
-      return fold_lstm(node)
-    if "v" in node and "g" in node:
-      kernel = weight_normalized_kernel(node["v"], node["g"]).astype(node["v"].dtype)
-      return {"kernel": kernel, **({"b": node["b"]} if "b" in node else {})}
-    return {key: convert(value) for key, value in node.items()}
-
-  return convert(dict(params))

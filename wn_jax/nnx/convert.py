@@ -32,7 +32,6 @@ from wn_jax.nnx.parameterization import NormalizedConv, NormalizedDense
 from wn_jax.nnx.plain import Frozen, PlainConv, PlainDense, default_v_init
 from wn_jax.nnx.recurrent import LSTMCell
 from wn_jax.nnx.weight_norm import WeightNorm
-from wn_jax.rnn_ops import fold_lstm
 
 PyTree = Any
 
@@ -184,8 +183,8 @@ class Bias(nnx.Module):
 def _folded_node(node: nnx.Module) -> nnx.Module | None:
   """The folded form of one layer (None: not a layer that folds)."""
   if isinstance(node, WeightNorm):
-    w = ops.weight_normalized_kernel(node.v[...], node.g[...], node.feature_axes,
-                                     node.norm_epsilon).astype(node.v.dtype)
+    w = parameterizations.plain_layer({"v": node.v[...], "g": node.g[...]}, node.feature_axes,
+                                      norm_epsilon=node.norm_epsilon)[0]["kernel"]
     layer = nnx.merge(node.layer_graphdef, nnx.State({node.kernel_name: nnx.Param(w)}))
     bias = node.b[...] if node.b is not None else jnp.zeros(node.feature_shape, node.g.dtype)
     return FoldedLayer(layer, bias)
@@ -196,7 +195,7 @@ def _folded_node(node: nnx.Module) -> nnx.Module | None:
   if isinstance(node, LSTMCell) and node.parameterization == "wn":
     params = {name: value[...] for name, value in vars(node).items()
               if isinstance(value, nnx.Param)}
-    plain_params = fold_lstm(params)
+    plain_params = parameterizations.plain_layer(params)[0]
     cell = LSTMCell(node.v.shape[0], node.features, parameterization="normal",
                     peepholes=node.peepholes, param_dtype=node.param_dtype, rngs=nnx.Rngs(0))
     for name, value in plain_params.items():

@@ -44,7 +44,8 @@ import optax
 from absl import logging
 
 from wn_jax.data import mnist
-from wn_jax.models.draw import DRAW, DRAWOutput, plain_from_weight_norm
+from wn_jax.models.draw import DRAW, DRAWOutput
+from wn_jax.parameterizations import plain_from_weight_norm
 from wn_jax.tasks import elbo
 from wn_jax.tasks.base import TaskData, image_grid
 
@@ -155,7 +156,7 @@ def init_variables(config: ml_collections.ConfigDict, model: DRAW, batch: dict[s
   if model.parameterization == "wn":
     return model.init(rngs, x, eps)
   twin = model.clone(parameterization="wn", g_start="norm")
-  return {"params": plain_from_weight_norm(twin.init(rngs, x, eps)["params"])}
+  return {"params": plain_from_weight_norm(twin.init(rngs, x, eps)["params"])[0]}
 
 
 def bound_terms(images: Array, out: DRAWOutput) -> tuple[Array, Array]:
