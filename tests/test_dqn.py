@@ -3,6 +3,7 @@ data-dependent init on replay states, batch norm's modes, and a MinAtar run
 through the one loop that resumes to the uninterrupted result."""
 
 import importlib.util
+import types
 
 import jax
 import jax.numpy as jnp
@@ -14,7 +15,7 @@ from configs import minatar_dqn
 from wn_jax.data import replay as replay_lib
 from wn_jax.models.dqn import QNetwork
 from wn_jax.tasks import dqn
-from wn_jax.trainer import config_checks, steps, train
+from wn_jax.trainer import config_checks, placement, program, steps, train
 
 # The environment's tests need the rl extra (gymnax), which caps jax below
 # 0.12; `pip install -e '.[test,rl]'` (README) installs it, and CI runs them.
@@ -240,6 +241,24 @@ def test_an_interrupted_minatar_run_resumes_to_the_uninterrupted_result(tmp_path
   for a, b in zip(jax.tree.leaves(straight), jax.tree.leaves(resumed)):
     np.testing.assert_array_equal(a, b)
   assert read_records(tmp_path / "resumed") == records
+
+
+@needs_gymnax
+def test_the_dqn_has_no_training_set_and_the_loop_takes_its_epoch_length(tmp_path):
+  config = tiny_dqn_config("wn")
+  data = dqn.load_data(config)
+  assert data.train == {} and data.steps_per_epoch == dqn.updates_per_epoch(config)
+  mesh = placement.create_mesh()
+  assert program.load_data(config, dqn, mesh).num_train == 0
+  # A task without a training set must say how long its epoch is.
+  no_length = types.SimpleNamespace(__name__="no_length",
+                                    load_data=lambda c: data._replace(steps_per_epoch=None))
+  with pytest.raises(ValueError, match="must say how many updates an epoch has"):
+    program.load_data(config, no_length, mesh)
+  both = types.SimpleNamespace(
+      __name__="both", load_data=lambda c: data._replace(train={"x": np.zeros((64, 2))}))
+  with pytest.raises(ValueError, match="give one or the other"):
+    program.load_data(config, both, mesh)
 
 
 def test_keep_finite_guards_the_model_but_not_the_unguarded_collections():

@@ -20,7 +20,9 @@ defines the same names (`check_task` refuses a module that lacks one):
       raises ValueError naming the key, for the task's own keys.
   load_data(config) -> TaskData
       host arrays: `train` and `test` dicts of arrays with a common
-      leading example axis (what a batch gathers), and `info`.
+      leading example axis (what a batch gathers), and `info`. A task
+      that makes its own experience (the DQN) gives `train` {} and
+      `steps_per_epoch`; its steps get empty batches.
   create_model(config, info) -> a Flax Linen module (or its functional
       twin) with `init`/`apply`/`clone`, and `init_scale`, `data_init`
       and `parameterization` fields (the sweep sets the first two).

@@ -15,10 +15,15 @@ class TaskData(NamedTuple):
   test: name -> array [num_test, ...]; likewise for evaluation.
   info: what the model and the records need from the data (for example
     `num_classes`, `image_shape`); hashable values only.
+  steps_per_epoch: only for a task without a training set (one that makes
+    its own experience, as the DQN does: train={}): the updates of one
+    epoch. Its steps get an empty batch. With a training set the loop
+    takes num_train // batch_size.
   """
   train: dict[str, np.ndarray]
   test: dict[str, np.ndarray]
   info: dict[str, Any]
+  steps_per_epoch: int | None = None
 
 
 def num_examples(arrays: dict[str, Any]) -> int:

@@ -30,9 +30,9 @@ exploration before that), then runs the network's `init` on
 states; 'normal' without it takes deep_q_rl's init (`models.dqn`). The
 target network starts as the initialised online one.
 
-An epoch is `dqn.env_steps_per_epoch` environment steps. The loop's
-"training set" is only a count (one row per minibatch slot of the epoch's
-updates, never read); the test set is `dqn.test_episodes` episode slots.
+An epoch is `dqn.env_steps_per_epoch` environment steps. There is no
+training set (`TaskData.train` is empty and `steps_per_epoch` says the
+epoch's updates); the test set is `dqn.test_episodes` episode slots.
 Evaluation (`eval_sums`) plays at `dqn.test_epsilon` from keys fixed per
 run and sums undiscounted, unclipped returns (Figure 5's "test reward per
 episode"): with `dqn.test_env_steps` 0, one episode per slot, all in
@@ -168,18 +168,18 @@ def updates_per_epoch(config: ml_collections.ConfigDict) -> int:
 
 
 def load_data(config: ml_collections.ConfigDict) -> TaskData:
-  """No data set: train {'slot': [updates_per_epoch * batch_size]} (a count
-  for the loop's epoch length), test {'episode': [test_episodes]}; info the
-  environment's observation shape and number of actions."""
+  """No training set (the agent makes its own experience): train {}, an
+  epoch `updates_per_epoch` updates; test {'episode': [test_episodes]};
+  info the environment's observation shape and number of actions."""
   env, env_params = make_environment(config)
   obs_shape = tuple(int(d) for d in env.observation_space(env_params).shape)
   num_actions = int(env.num_actions)
   logging.info("%s: observations %s, %d actions, episodes capped at %d steps.",
                config.env.name, obs_shape, num_actions, config.env.max_steps_in_episode)
-  slots = updates_per_epoch(config) * config.batch_size
-  return TaskData(train={"slot": np.zeros(slots, np.int8)},
+  return TaskData(train={},
                   test={"episode": np.arange(config.dqn.test_episodes, dtype=np.int32)},
-                  info={"obs_shape": obs_shape, "num_actions": num_actions})
+                  info={"obs_shape": obs_shape, "num_actions": num_actions},
+                  steps_per_epoch=updates_per_epoch(config))
 
 
 def create_model(config: ml_collections.ConfigDict, info: dict[str, Any]) -> QNetwork:

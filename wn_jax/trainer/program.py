@@ -37,15 +37,18 @@ EVAL_KEY_INDEX = 2**32 - 1  # fold_in index of the eval key: no step reaches it
 class DeviceData(NamedTuple):
   """The task's data set (`wn_jax.tasks.TaskData`), replicated on every device.
 
-  train / test: name -> array [num_examples, ...]; info: the task's.
+  train / test: name -> array [num_examples, ...] (train {} for a task
+  without a training set); info, steps_per_epoch: the task's.
   """
   train: dict[str, Array]
   test: dict[str, Array]
   info: dict[str, Any]
+  steps_per_epoch: int | None = None
 
   @property
   def num_train(self) -> int:
-    return num_examples(self.train)
+    """Training examples; 0 for a task without a training set."""
+    return num_examples(self.train) if self.train else 0
 
   @property
   def num_test(self) -> int:
@@ -55,16 +58,26 @@ class DeviceData(NamedTuple):
 def load_data(config: ml_collections.ConfigDict, task: ModuleType, mesh: Mesh) -> DeviceData:
   """The task's data (`task.load_data`), placed on the devices."""
   data = task.load_data(config)
-  num_train = num_examples(data.train)
   num_examples(data.test)
-  if num_train < max(config.batch_size, config.init_batch_size):
-    raise ValueError(
-        f"The training set has {num_train} examples, fewer than "
-        f"batch_size={config.batch_size} or init_batch_size={config.init_batch_size}.")
+  if not data.train:
+    if not isinstance(data.steps_per_epoch, int) or data.steps_per_epoch < 1:
+      raise ValueError(f"{task.__name__}.load_data gave no training set and steps_per_epoch="
+                       f"{data.steps_per_epoch!r}: a task without a training set must say "
+                       "how many updates an epoch has (a positive int).")
+  elif data.steps_per_epoch is not None:
+    raise ValueError(f"{task.__name__}.load_data gave a training set and steps_per_epoch="
+                     f"{data.steps_per_epoch}: with a training set an epoch is "
+                     "num_train // batch_size; give one or the other.")
+  else:
+    num_train = num_examples(data.train)
+    if num_train < max(config.batch_size, config.init_batch_size):
+      raise ValueError(
+          f"The training set has {num_train} examples, fewer than "
+          f"batch_size={config.batch_size} or init_batch_size={config.init_batch_size}.")
   replicated = mesh_sharding(mesh)
   def place(arrays):
     return {name: put_global(a, replicated) for name, a in arrays.items()}
-  return DeviceData(place(data.train), place(data.test), dict(data.info))
+  return DeviceData(place(data.train), place(data.test), dict(data.info), data.steps_per_epoch)
 
 
 class Members(NamedTuple):
@@ -94,10 +107,14 @@ def sweep_members(config: ml_collections.ConfigDict, workdir: str) -> Members:
 
 
 def member_epoch_rows(members: Members, epoch: int, num_examples: int,
-                batch_size: int, shuffle: bool = True) -> np.ndarray:
+                batch_size: int, shuffle: bool = True,
+                steps_per_epoch: int | None = None) -> np.ndarray:
   """int32 [M, steps_per_epoch, B]: each member's batches of `epoch`, in its
   seed's permutation of the epoch (`shuffle`) or in file order (every
-  epoch the same batches, as the reference DRAW code)."""
+  epoch the same batches, as the reference DRAW code). Without a training
+  set (num_examples 0) [M, steps_per_epoch, 0]: every batch empty."""
+  if num_examples == 0:
+    return np.zeros((len(members.seeds), steps_per_epoch, 0), np.int32)
   if not shuffle:
     steps = num_examples // batch_size
     rows = np.arange(steps * batch_size, dtype=np.int32).reshape(steps, batch_size)
@@ -109,7 +126,10 @@ def member_epoch_rows(members: Members, epoch: int, num_examples: int,
 
 
 def member_init_rows(members: Members, num_examples: int, init_batch_size: int) -> np.ndarray:
-  """int32 [M, init_batch_size]: each member's init batch (its seed's draw)."""
+  """int32 [M, init_batch_size]: each member's init batch (its seed's draw);
+  [M, 0] without a training set."""
+  if num_examples == 0:
+    return np.zeros((len(members.seeds), 0), np.int32)
   return np.stack([np.sort(np.random.default_rng(int(seed)).permutation(num_examples)
                            [:init_batch_size]) for seed in members.seeds]).astype(np.int32)
 
@@ -165,7 +185,7 @@ def build_program(config: ml_collections.ConfigDict, mesh: Mesh, members: Member
   replicated, per_member = sharding(), sharding("members")
   data_devices = mesh.shape["data"]
   num_train = data.num_train
-  steps_per_epoch = num_train // config.batch_size
+  steps_per_epoch = data.steps_per_epoch or num_train // config.batch_size
   model = task.create_model(config, data.info)
   optimizer = functools.partial(task.create_optimizer, config, steps_per_epoch)
   bound = dict(task=task, config=config, model=model)
@@ -182,7 +202,7 @@ def build_program(config: ml_collections.ConfigDict, mesh: Mesh, members: Member
   init_args = (
       data.train,
       put_global(init_rows, sharding("members", "data")
-                 if config.init_batch_size % data_devices == 0 else per_member),
+                 if init_rows.shape[1] % data_devices == 0 else per_member),
       init_keys, put_global(members.init_scales, per_member), learning_rates,
       None if members.data_init is None else put_global(members.data_init, per_member))
   member_loop = config.sweep.member_loop

@@ -89,7 +89,7 @@ def train_epoch(config: ml_collections.ConfigDict, program: Program, state: Trai
   num_steps = steps_per_epoch * config.num_epochs
   epoch_rows = put_global(
       member_epoch_rows(program.members, epoch, program.data.num_train,
-                        config.batch_size, config.shuffle_train),
+                        config.batch_size, config.shuffle_train, steps_per_epoch),
       program.sharding("members", None, "data"))
   sums = {key: np.zeros(num_members) for key in (*program.task.TRAIN_METRICS, "count")}
   window, window_start = [], time.perf_counter()
