@@ -85,7 +85,7 @@ def test_the_arm_label_names_the_reading_of_normal_and_the_g_start():
 
 def test_a_diverged_run_puts_the_loss_panel_on_a_log_axis(tmp_path, monkeypatch):
   figures = []
-  monkeypatch.setattr(plot, "_save", lambda fig, output, title: figures.append(fig))
+  monkeypatch.setattr(plot.figures, "save_figure", lambda fig, output, title: figures.append(fig))
   healthy = _fake_workdir(tmp_path / "healthy", "wn", 1e-3, 0, 0.30)
   plot.main(["--kind", "curves", healthy, "-o", str(tmp_path / "a.png")])
   diverged = _fake_workdir(tmp_path / "diverged", "wn", 1e-3, 1, 0.90)

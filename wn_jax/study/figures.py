@@ -69,3 +69,15 @@ def figure_parser(description: str) -> argparse.ArgumentParser:
   parser.add_argument("-o", "--output", required=True, help="the figure (.png)")
   parser.add_argument("--title", default=None)
   return parser
+
+
+def save_figure(fig: Any, output: str, title: str | None = None) -> None:
+  """Every figure's ending: `title` over the whole figure (if given), a
+  tight layout, `output` written at 120 dpi, the figure closed."""
+  import matplotlib.pyplot as plt  # the plotting modules choose the backend
+
+  if title:
+    fig.suptitle(title)
+  fig.tight_layout()
+  fig.savefig(output, dpi=120)
+  plt.close(fig)

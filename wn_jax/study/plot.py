@@ -39,14 +39,6 @@ def read_run(workdir: str) -> tuple[dict, list[dict]]:
   return config, epochs
 
 
-def _save(fig, output: str, title: str | None) -> None:
-  if title:
-    fig.suptitle(title)
-  fig.tight_layout()
-  fig.savefig(output, dpi=120)
-  plt.close(fig)
-
-
 def read_norms(workdir: str) -> tuple[dict, list[int], dict[str, list[float]]]:
   """(config, steps, {'<layer>/v_norm' or '<layer>/g_over_v_norm': values})."""
   config = record_files.read_config(workdir)
@@ -104,7 +96,7 @@ def plot_norms(workdirs: Sequence[str], output: str, title: str | None = None) -
     ax.set_xlabel("step")
     ax.grid(alpha=0.3)
   ax_v.legend()
-  _save(fig, output, title)
+  figures.save_figure(fig, output, title)
 
 
 def lr_sweep_table(workdirs: Sequence[str]) -> dict[str, dict[float, list[float]]]:
@@ -135,7 +127,7 @@ def plot_lr_sweep(workdirs: Sequence[str], output: str, title: str | None = None
   ax.set_ylabel("final test error (%)")
   ax.grid(alpha=0.3)
   ax.legend()
-  _save(fig, output, title)
+  figures.save_figure(fig, output, title)
   print(lr_sweep_markdown(table))
 
 
@@ -227,7 +219,7 @@ def _curve_figure(output: str, title: str | None, draw, panel_suffix: str = "") 
     ax.set_title(name + panel_suffix, fontsize=10)
     ax.grid(alpha=0.3)
   axes[-1].legend()
-  _save(fig, output, title)
+  figures.save_figure(fig, output, title)
 
 
 def plot_runs(workdirs: Sequence[str], output: str, title: str | None = None) -> None:

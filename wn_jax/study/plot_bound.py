@@ -111,11 +111,7 @@ def plot_bound(workdirs: Sequence[str], output: str, title: str | None = None,
   for ax in axes:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-  if title:
-    fig.suptitle(title)
-  fig.tight_layout()
-  fig.savefig(output, dpi=120)
-  plt.close(fig)
+  figures.save_figure(fig, output, title)
   return bound_table(groups, table_epochs)
 
 

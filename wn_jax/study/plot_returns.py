@@ -76,9 +76,7 @@ def plot_returns(workdirs: Sequence[str], output: str, title: str | None = None,
   ax.legend(fontsize=8)
   if title:
     ax.set_title(title)
-  fig.tight_layout()
-  fig.savefig(output, dpi=120)
-  plt.close(fig)
+  figures.save_figure(fig, output)
   return returns_table(groups)
 
 
