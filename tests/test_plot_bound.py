@@ -50,3 +50,20 @@ def test_the_paper_overlay_and_the_chosen_epochs(tmp_path):
   assert plot_bound.PAPER_CURVES["figure4"]["wn"][1] == (10, -102.4)
   with pytest.raises(ValueError, match="paper must be one of"):
     plot_bound.plot_bound(runs, str(tmp_path / "x.png"), paper="figure9")
+
+
+def test_ours_beside_the_paper_and_where_each_arm_passes_the_axes_bottom(tmp_path):
+  wn = [-150.0, -125.0, -119.0, -110.0, -118.5]
+  runs = [_write_run(tmp_path / "w0", "wn", 0, wn, [-160]),
+          _write_run(tmp_path / "w1", "wn", 1, [v - 2 for v in wn], [-160]),
+          _write_run(tmp_path / "n0", "normal", 0, [-200.0, -190.0], [-210])]
+  groups = plot_bound.group_by_parameterization(runs)
+  lines = plot_bound.paper_table(groups, "figure4", [1, 5, 10]).splitlines()
+  assert lines[0] == ("| epoch | paper: wn | ours: wn (2 seeds) | paper: normal | "
+                      "ours: normal (1 seed) |")
+  assert lines[2] == "| 1 | below -120 | -151.00 | below -120 | -200.00 |"
+  assert lines[3] == "| 5 | -118.0 | -119.50 | below -120 | not reached |"
+  assert lines[4] == "| 10 | -102.4 | not reached | below -120 | not reached |"
+  # The mean over the seeds: -120.0 at epoch 3 (not above -120), -111.0 at 4.
+  assert "- wn: above -120 from epoch 4 (-111.00); the paper's from about epoch 5" in lines
+  assert "- normal: not above -120 by epoch 2 (-190.00); the paper's from about epoch 37" in lines

@@ -9,7 +9,8 @@ subset every `eval_every_steps` (the early-training curve), right: on the
 whole test set after each epoch, with the raw and (dashed) the averaged
 parameters. Prints a markdown table of the per-epoch numbers (mean, the
 spread over seeds, the paired differences to the first group) and the
-final importance-weighted bounds.
+final importance-weighted bounds; with `--paper figure4`, also ours beside
+the paper's values and where each arm first rises above -120 nats.
 """
 
 from __future__ import annotations
@@ -176,6 +177,64 @@ def bound_table(groups: dict[str, list[dict]], epochs: Sequence[int] | None = No
   return "\n".join(lines)
 
 
+def paper_table(groups: dict[str, list[dict]], paper: str,
+                epochs: Sequence[int] | None = None) -> str:
+  """Markdown: ours beside the paper's, per epoch, then where each arm of
+  ours first rises above the bottom of the paper's axes.
+
+  Per epoch (default: 1 and the paper's listed epochs), for each arm the
+  paper plots (named as our arm) its value read off the figure, 'below
+  <bottom>' before the curve enters the axes; for each arm of ours the mean
+  test bound over its seeds with the mean KL, or 'not reached'.
+  """
+  curves = {name: dict(points) for name, points in PAPER_CURVES[paper].items()}
+  bottom = PAPER_AXES[paper][1][0]
+  if epochs is None:
+    epochs = sorted({1, *(e for points in curves.values() for e in points)})
+  series = {}
+  for name, runs in groups.items():
+    x, bound = _series(runs, "epochs", "test_elbo")
+    kl = _series(runs, "epochs", "test_kl")[1] if "test_kl" in runs[0]["epochs"][0] else None
+    series[name] = {int(e): (bound[:, t].mean(), None if kl is None else kl[:, t].mean())
+                    for t, e in enumerate(x)}
+  header, rule = ["epoch"], ["---"]
+  for name, runs in groups.items():
+    if name in curves:
+      header.append(f"paper: {name}")
+    header.append(f"ours: {name} ({len(runs)} seed{'s' if len(runs) > 1 else ''})")
+  lines = ["| " + " | ".join(header) + " |", "| " + " | ".join(rule * len(header)) + " |"]
+
+  def ours(name, epoch):
+    if epoch not in series[name]:
+      return "not reached"
+    bound, kl = series[name][epoch]
+    return f"{bound:.2f}" + (f" (KL {kl:.2f})" if kl is not None else "")
+
+  def theirs(name, epoch):
+    if epoch in curves[name]:
+      return f"{curves[name][epoch]:.1f}"
+    return f"below {bottom:g}" if epoch < min(curves[name]) else "-"
+
+  for epoch in epochs:
+    cells = [str(epoch)]
+    for name in groups:
+      if name in curves:
+        cells.append(theirs(name, epoch))
+      cells.append(ours(name, epoch))
+    lines.append("| " + " | ".join(cells) + " |")
+  lines.append("")
+  for name in groups:
+    above = [e for e, (bound, _) in sorted(series[name].items()) if bound > bottom]
+    last = max(series[name])
+    lines.append(f"- {name}: above {bottom:g} from epoch {above[0]} "
+                 f"({series[name][above[0]][0]:.2f})" if above else
+                 f"- {name}: not above {bottom:g} by epoch {last} "
+                 f"({series[name][last][0]:.2f})")
+    if name in curves:
+      lines[-1] += f"; the paper's from about epoch {min(curves[name])}"
+  return "\n".join(lines)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
   parser = figures.figure_parser(__doc__.split("\n\n")[0])
   parser.add_argument("--paper", default=None, choices=sorted(PAPER_CURVES),
@@ -186,6 +245,9 @@ def main(argv: Sequence[str] | None = None) -> None:
   table_epochs = ([int(e) for e in args.table_epochs.split(",")] if args.table_epochs
                   else None)
   print(plot_bound(args.workdirs, args.output, args.title, args.paper, table_epochs))
+  if args.paper:
+    print()
+    print(paper_table(group_by_parameterization(args.workdirs), args.paper, table_epochs))
 
 
 if __name__ == "__main__":
