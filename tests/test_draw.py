@@ -152,6 +152,24 @@ def test_every_g_of_the_built_model_starts_where_the_config_says(variant, g_star
   assert np.std(every_v) == pytest.approx(0.01, rel=0.15)
 
 
+@pytest.mark.parametrize("variant, glimpses", [
+    pytest.param("wn", 64, marks=pytest.mark.slow),  # 64 glimpses: 4 s on the 2-core CPU
+    ("wn,short", 16)])
+def test_the_short_variant_draws_in_16_glimpses_and_changes_nothing_else(variant, glimpses):
+  config = mnist_draw.get_config(variant)
+  same_but_glimpses = mnist_draw.get_config("wn")
+  same_but_glimpses.model.glimpses = glimpses
+  assert config.to_dict() == same_but_glimpses.to_dict()
+  config.model.update(encoder_units=6, decoder_units=5, latent=2, write_n=3)
+  model = draw.create_model(config, {"image_shape": (8, 8)})
+  images = _images()
+  variables = draw.init_variables(config, model, {"images": images},
+                                  {"params": jax.random.key(0)})
+  eps = jnp.zeros((config.model.glimpses, images.shape[0], 2))
+  out = model.apply(variables, images.astype(jnp.float32), eps)
+  assert out.mean.shape == (glimpses, images.shape[0], 2)  # a posterior per glimpse
+
+
 def test_draw_config_errors_name_the_key(tiny_mnist):
   with pytest.raises(ValueError, match="batch norm does not apply"):
     mnist_draw.get_config("bn")

@@ -11,9 +11,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from conftest import MODEL_FUNCTIONS, REPO_ROOT, tiny_config
+from flax import linen as nn
 
 from configs import cifar
-from wn_jax.data import sources, zca
+from wn_jax.data import batches, sources, zca
 from wn_jax.layers.parameterization import PARAMETERIZATIONS
 from wn_jax.tasks import classification
 from wn_jax.trainer import config_checks, record_files, train
@@ -214,6 +215,32 @@ def test_adam_has_epsilon_inside_the_square_root():
   # Step 1: m_hat = g, v_hat = g^2; code: -lr * m_hat / sqrt(v_hat + 1e-8).
   expected = -1e-3 * grad / jnp.sqrt(grad**2 + 1e-8)
   np.testing.assert_allclose(updates, expected, rtol=1e-5)
+
+
+class _LinearProbe(nn.Module):
+  """Logits linear in the pixels: any change of the images changes the loss."""
+
+  @nn.compact
+  def __call__(self, x, train):
+    del train
+    return nn.Dense(10)(x.reshape(x.shape[0], -1))
+
+
+def test_the_augment_variant_trains_on_flipped_and_shifted_images():
+  images = jax.random.normal(jax.random.key(0), (8, 6, 6, 3))
+  batch = {"images": images, "labels": jnp.arange(8) % 10}
+  model = _LinearProbe()
+  params = model.init(jax.random.key(1), images, train=True)["params"]
+  key = jax.random.key(2)
+
+  def loss(config, batch):
+    return float(classification.train_loss(config, model, params, {}, batch,
+                                           {"augment": key})[0])
+
+  augmented = {**batch, "images": batches.augment(key, images, True, 2)}
+  plain, augment = cifar.get_config("wn"), cifar.get_config("wn,augment")
+  assert loss(augment, batch) == pytest.approx(loss(plain, augmented), rel=1e-6)
+  assert loss(augment, batch) != pytest.approx(loss(plain, batch), rel=1e-3)
 
 
 def test_config_defaults_match_the_paper_recipe():

@@ -251,6 +251,37 @@ def test_the_two_readings_of_normal_start_alike_and_step_differently(tiny_mnist)
   np.testing.assert_allclose(move[live], 0.1 * lr, rtol=1e-3)
 
 
+@pytest.mark.slow  # the VAE's init and six losses: ~10 s on the 2-core CPU
+def test_the_objective_variants_change_the_training_loss_as_named(tiny_mnist):
+  """On the built model: the default loss is -ELBO with the KL in closed form
+  (the same for any posterior sample); `:free_bits` clamps each latent's KL
+  at 0.25 nats, so the loss is at least recon + 0.25 per latent while the
+  recorded ELBO stays the true one; `:sampled_kl` estimates the KL from
+  the sample, so it changes with the sample key."""
+  measured = {}
+  for variant in ("wn", "wn,free_bits", "wn,sampled_kl"):
+    config, batch, rngs = _tiny_init_setup(tiny_mnist, variant)
+    model = vae.create_model(config, {"image_shape": (8, 8, 1)})
+    variables = dict(vae.init_variables(config, model, batch, rngs))
+    params = variables.pop("params")
+    measured[variant] = []
+    for sample in (5, 7):
+      loss, (metrics, _) = vae.train_loss(config, model, params, variables, batch,
+                                          {"sample": jax.random.key(sample),
+                                           "binarize": jax.random.key(6)})
+      measured[variant].append((float(loss), {k: float(v) for k, v in metrics.items()}))
+  (loss, metrics), (_, other_sample) = measured["wn"]
+  assert loss == pytest.approx(-metrics["elbo"], rel=1e-6)
+  assert metrics["kl"] == pytest.approx(other_sample["kl"], rel=1e-6)
+  (loss, metrics), _ = measured["wn,free_bits"]
+  latents = TINY_CONFIG["latent"]
+  assert metrics["kl"] < 0.25 * latents  # a fresh posterior: every latent under the floor
+  assert loss == pytest.approx(metrics["recon"] + 0.25 * latents, rel=1e-5)
+  assert loss > -metrics["elbo"]
+  (_, metrics), (_, other_sample) = measured["wn,sampled_kl"]
+  assert abs(metrics["kl"] - other_sample["kl"]) > 1e-3
+
+
 @pytest.mark.slow  # 7 s on the 2-core CPU
 def test_iwae_of_the_vae_never_falls_below_its_samples_mean():
   x = _init_batch()
