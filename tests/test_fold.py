@@ -168,3 +168,24 @@ def test_one_weight_norm_to_plain_transform_in_both_of_its_forms():
     wn_jax.parameterizations.plain_from_weight_norm({"dense": {"kernel": v}})
   with pytest.raises(ValueError, match="not a weight-normalized layer"):
     wn_jax.parameterizations.plain_layer({"kernel": v})
+
+
+def test_draw_folds_to_plain_kernels_and_draws_the_same_canvas():
+  # DRAW is written against the switch but has weight-normalized LSTM cells,
+  # which the switch's 'folded' kind does not have: the second form.
+  from configs import mnist_draw
+  from wn_jax.tasks import draw
+
+  config = mnist_draw.get_config("wn")
+  config.model.update(glimpses=3, encoder_units=6, decoder_units=5, latent=2, write_n=3)
+  model = draw.create_model(config, {"image_shape": (8, 8)})
+  images = (np.random.default_rng(0).random((4, 8, 8)) < 0.3).astype(np.float32)
+  variables = draw.init_variables(config, model, {"images": images},
+                                  {"params": jax.random.key(0)})
+  eps = jax.random.normal(jax.random.key(1), (3, 4, 2))
+  folded_model, folded = wn_jax.fold(model, variables)
+  names = {str(getattr(k, "key", k)) for path, _ in
+           jax.tree_util.tree_leaves_with_path(folded) for k in path}
+  assert not names & {"v", "g", "recurrent_v", "recurrent_g"}
+  np.testing.assert_allclose(folded_model.apply(folded, images, eps).canvas,
+                             model.apply(variables, images, eps).canvas, atol=1e-5)

@@ -503,6 +503,30 @@ def test_a_user_nnx_model_folds_to_plain_kernels():
   np.testing.assert_allclose(folded(x), model(x), rtol=1e-5, atol=1e-5)
 
 
+class _SwitchNetWithACell(nnx.Module):
+  """Written against the switch (a `parameterization`, a NormalizedDense)
+  and with a 'wn' LSTMCell, as DRAW is on the Linen side."""
+
+  def __init__(self, rngs):
+    self.parameterization = "wn"
+    self.dense = wnx.NormalizedDense(3, 4, parameterization="wn", rngs=rngs)
+    self.cell = wnx.LSTMCell(4, 5, parameterization="wn", rngs=rngs)
+
+  def __call__(self, x):
+    y = self.dense(x, train=False)
+    return self.cell((jnp.zeros((x.shape[0], 5)),) * 2, y)[1]
+
+
+def test_a_switch_model_with_a_wn_cell_folds_every_layer():
+  model = _SwitchNetWithACell(nnx.Rngs(0))
+  x = jax.random.normal(jax.random.key(0), (16, 3))
+  wnx.data_init(model, x)
+  folded = wnx.fold(model)
+  names = {str(path[-1]) for path, _ in nnx.to_flat_state(nnx.state(folded))}
+  assert not names & {"v", "g", "recurrent_v", "recurrent_g"}
+  np.testing.assert_allclose(folded(x), model(x), rtol=1e-5, atol=1e-6)
+
+
 def test_both_wrappers_take_v_from_the_wrapped_layer_s_own_init():
   """One rule for the Linen and the NNX WeightNorm: v is the wrapped layer's
   own kernel draw (here orthogonal), b starts at 0 whatever its bias_init."""

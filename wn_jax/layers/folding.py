@@ -64,6 +64,14 @@ def _has_normalized_layer(params: Any) -> bool:
       _has_normalized_layer(sub) for sub in params.values()))
 
 
+def _has_weight_normalized_cell(params: Any) -> bool:
+  """Whether a weight-normalized LSTM cell ({v, recurrent_v, g, ...}) is in
+  the params: the switch's 'folded' kind has no cell, so such a model folds
+  in the second form (DRAW)."""
+  return isinstance(params, Mapping) and ("recurrent_v" in params or any(
+      _has_weight_normalized_cell(sub) for sub in params.values()))
+
+
 def fold(model: nn.Module, variables: Mapping[str, PyTree],
          feature_axes: Mapping[str, Sequence[int]] | None = None) -> tuple[nn.Module, dict]:
   """Returns (folded_model, folded_variables) computing model's eval function.
@@ -71,11 +79,13 @@ def fold(model: nn.Module, variables: Mapping[str, PyTree],
   Two forms, one call:
   - a model written against the parameterization switch (a
     `parameterization` field, `NormalizedConv` / `NormalizedDense` layers,
-    e.g. `models.CifarNet`): `model.clone(parameterization='folded')`, each
+    no weight-normalized LSTM cell, e.g. `models.CifarNet`):
+    `model.clone(parameterization='folded')`, each
     Normalized layer's subtree replaced by {'linear': {'kernel', 'bias'}}
     (the batch norms folded into the kernel and bias too); its `bn_epsilon`
     (default 1e-6) is used for `bn`;
-  - any other model built from the public layers: a `FoldedModel` of it,
+  - any other model built from the public layers (`models.DRAW` among
+    them): a `FoldedModel` of it,
     each weight-normalized layer's {v, g, b} replaced by {kernel: g
     v/||v||, bias: b} (a 'wn' `LSTMCell` by `fold_lstm`'s params; both
     `parameterizations.plain_layer`), each
@@ -100,7 +110,9 @@ def fold(model: nn.Module, variables: Mapping[str, PyTree],
   parameterization = getattr(model, "parameterization", None)
   if parameterization == FOLDED or isinstance(model, FoldedModel):
     raise ValueError("The model is already folded.")
-  if parameterization is None or not _has_normalized_layer(variables.get("params", {})):
+  params = variables.get("params", {})
+  if (parameterization is None or not _has_normalized_layer(params)
+      or _has_weight_normalized_cell(params)):
     return _fold_any(model, variables, feature_axes)
   check_parameterization(parameterization)
   bn_epsilon = getattr(model, "bn_epsilon", 1e-6)

@@ -107,7 +107,8 @@ def fold(model: nnx.Module) -> nnx.Module:
   """A folded copy of an NNX model; `model` is not changed.
 
   A model written against the switch (a `parameterization` field and
-  `NormalizedConv`/`NormalizedDense` layers, e.g. `CifarNet`): every such
+  `NormalizedConv`/`NormalizedDense` layers, no 'wn' `LSTMCell`, e.g.
+  `CifarNet`): every such
   layer of the copy gets parameterization 'folded', its `linear` a plain
   `Conv2D` / nnx.Linear holding the kernel and bias of `parameterizations.fold_layer`
   (w = g v/||v||, the frozen scale and both batch norms folded in) and its
@@ -125,9 +126,13 @@ def fold(model: nnx.Module) -> nnx.Module:
   if parameterization == parameterizations.FOLDED:
     raise ValueError("The model is already folded.")
   folded = nnx.clone(model)
-  found = [node for _, node in nnx.iter_graph(folded)
-           if isinstance(node, (NormalizedConv, NormalizedDense))]
-  if parameterization is None or not found:
+  nodes = [node for _, node in nnx.iter_graph(folded)]
+  found = [node for node in nodes if isinstance(node, (NormalizedConv, NormalizedDense))]
+  # The switch's 'folded' kind has no LSTM cell: a model with a 'wn' cell
+  # folds in the second form.
+  has_wn_cell = any(isinstance(node, LSTMCell) and node.parameterization == "wn"
+                    for node in nodes)
+  if parameterization is None or not found or has_wn_cell:
     return _fold_any(folded, type(model).__name__)
   parameterizations.check_parameterization(parameterization)
   for layer in found:
