@@ -170,6 +170,7 @@ def test_one_weight_norm_to_plain_transform_in_both_of_its_forms():
     wn_jax.parameterizations.plain_layer({"kernel": v})
 
 
+@pytest.mark.slow  # DRAW's init and two scans: ~6 s on the 2-core CPU
 def test_draw_folds_to_plain_kernels_and_draws_the_same_canvas():
   # DRAW is written against the switch but has weight-normalized LSTM cells,
   # which the switch's 'folded' kind does not have: the second form.
@@ -189,3 +190,42 @@ def test_draw_folds_to_plain_kernels_and_draws_the_same_canvas():
   assert not names & {"v", "g", "recurrent_v", "recurrent_g"}
   np.testing.assert_allclose(folded_model.apply(folded, images, eps).canvas,
                              model.apply(variables, images, eps).canvas, atol=1e-5)
+
+
+@pytest.mark.slow  # the VAE's init and two applies per variant: ~5 s each on the 2-core CPU
+@pytest.mark.parametrize("variant", ["wn", "normal", "normal,direct", "wn_mobn", "mobn",
+                                     "wn,iaf"])
+def test_the_vae_folds_to_the_same_eval_function(variant):
+  from test_vae import TINY_CONFIG
+
+  from configs import mnist_vae
+  from wn_jax.tasks import vae
+
+  config = mnist_vae.get_config(variant)
+  config.model.update(TINY_CONFIG)
+  model = vae.create_model(config, {"image_shape": (8, 8, 1)})
+  x = jnp.asarray(np.random.default_rng(0).random((16, 8, 8, 1)) < 0.3, jnp.float32)
+  rngs = {"params": jax.random.key(1), "sample": jax.random.key(2),
+          "binarize": jax.random.key(3)}
+  variables = vae.init_variables(config, model, {"images": (x * 255).astype(jnp.uint8)}, rngs)
+  folded_model, folded = wn_jax.fold(model, variables)
+  assert set(folded) == {"params"}  # no batch_stats, no frozen scale
+  sample = {"sample": jax.random.key(4)}
+  for a, b in zip(model.apply(variables, x - 0.5, train=False, rngs=sample),
+                  folded_model.apply(folded, x - 0.5, train=False, rngs=sample)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.slow  # three Q-networks' init and applies: ~8 s on the 2-core CPU
+@pytest.mark.parametrize("parameterization", ["wn", "normal", "bn"])
+def test_the_dqn_folds_to_the_same_q_values(parameterization):
+  # The `bn` network's head is `normal`: each layer folds as what it is.
+  from wn_jax.models.dqn import QNetwork
+
+  model = QNetwork(num_actions=6, torso="minatar", parameterization=parameterization)
+  states = jax.random.uniform(jax.random.key(0), (32, 10, 10, 6))
+  variables = model.init({"params": jax.random.key(1)}, states, train=True)
+  folded_model, folded = wn_jax.fold(model, variables)
+  assert set(folded) == {"params"}
+  np.testing.assert_allclose(folded_model.apply(folded, states, train=False),
+                             model.apply(variables, states, train=False), rtol=1e-5, atol=1e-5)

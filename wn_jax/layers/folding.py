@@ -64,6 +64,19 @@ def _has_normalized_layer(params: Any) -> bool:
       _has_normalized_layer(sub) for sub in params.values()))
 
 
+def _layer_parameterization(params: Mapping, norm_stats: Mapping) -> str:
+  """The parameterization of one Normalized layer, read from its variables
+  (a model may mix them: the DQN's `bn` network has a `normal` head):
+  v and g are weight norm, a running variance is batch norm, a running mean
+  alone is mean-only batch norm."""
+  weight_norm = "v" in params["linear"]
+  if "var" in norm_stats:
+    return "bn"
+  if "mean" in norm_stats:
+    return "wn_mobn" if weight_norm else "mobn"
+  return "wn" if weight_norm else "normal"
+
+
 def _has_weight_normalized_cell(params: Any) -> bool:
   """Whether a weight-normalized LSTM cell ({v, recurrent_v, g, ...}) is in
   the params: the switch's 'folded' kind has no cell, so such a model folds
@@ -131,7 +144,8 @@ def fold(model: nn.Module, variables: Mapping[str, PyTree],
     if _is_normalized_layer(params):
       found.append(True)
       return {"linear": fold_layer(
-          parameterization, params["linear"], params.get("norm"),
+          _layer_parameterization(params, sub(stats, "norm")), params["linear"],
+          params.get("norm"),
           optional(sub(stats, "norm")), optional(sub(sub(frozen_tree, "linear"), "scale")),
           bn_epsilon)}
     if not isinstance(params, Mapping):

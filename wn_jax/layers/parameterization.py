@@ -16,7 +16,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from wn_jax.layers.batch_norm import BatchNorm, MeanOnlyBatchNorm
-from wn_jax.layers.plain import MaskDegrees, PlainConv, PlainDense
+from wn_jax.layers.plain import MaskDegrees, MaskedDense, PlainConv, PlainDense
 from wn_jax.layers.wn_layers import WNConv, WNDense
 from wn_jax.parameterizations import (  # noqa: F401 (NORMAL_TWINS, normal_from_weight_norm: re-exported)
   FOLDED,
@@ -43,9 +43,13 @@ def _parameterized(
   if parent.parameterization == FOLDED:
     # Inference form written by `wn_jax.fold`: a plain nn.Conv / nn.Dense
     # holding the folded kernel and bias; the same in train and eval mode.
+    # A masked layer keeps its mask (a plain kernel need not hold the zeros).
     if conv:
       layer = nn.Conv(parent.features, parent.kernel_size, strides=parent.strides,
                       padding=parent.padding, dtype=parent.dtype, name="linear")
+    elif getattr(parent, "mask_degrees", None) is not None:
+      layer = MaskedDense(parent.features, parent.mask_degrees, dtype=parent.dtype,
+                          name="linear")
     else:
       layer = nn.Dense(parent.features, dtype=parent.dtype, name="linear")
     return layer(x)
@@ -159,7 +163,4 @@ class NormalizedDense(nn.Module):
 
   @nn.compact
   def __call__(self, x: Array, *, train: bool) -> Array:
-    if self.mask_degrees is not None and self.parameterization == FOLDED:
-      raise ValueError("NormalizedDense: a folded layer has no mask_degrees (its folded "
-                       "kernel holds the zeros).")
     return _parameterized(self, x, train, {}, conv=False)

@@ -35,6 +35,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from wn_jax.layers.parameterization import (
+  FOLDED,
   NormalizedConv,
   NormalizedDense,
   check_parameterization,
@@ -76,7 +77,8 @@ class QNetwork(nn.Module):
   conv_weight_grad: str = "xla"
 
   def __post_init__(self):
-    check_parameterization(self.parameterization)
+    if self.parameterization != FOLDED:  # FOLDED: written by `wn_jax.fold`
+      check_parameterization(self.parameterization)
     if self.torso not in TORSOS:
       raise ValueError(f"torso must be one of {tuple(TORSOS)}, got {self.torso!r}.")
     super().__post_init__()
