@@ -48,8 +48,11 @@ PARAMETERIZATIONS = ("normal", "wn", "bn", "mobn", "wn_mobn")
 FOLDED = "folded"
 
 
-def check_parameterization(parameterization: str) -> None:
-  """Raises ValueError naming the valid choices for an unknown name."""
+def check_parameterization(parameterization: str, folded: bool = False) -> None:
+  """Raises ValueError naming the valid choices for an unknown name;
+  `folded`: a model's check, which also takes `FOLDED` (written by fold)."""
+  if folded and parameterization == FOLDED:
+    return
   if parameterization not in PARAMETERIZATIONS:
     raise ValueError(
         f"Unknown parameterization {parameterization!r}; valid ones are "

@@ -15,7 +15,6 @@ from flax import linen as nn
 
 from wn_jax.layers.data_init import check_init_order
 from wn_jax.layers.parameterization import (
-  FOLDED,
   NormalizedConv,
   NormalizedDense,
   check_parameterization,
@@ -61,8 +60,7 @@ class CifarNet(nn.Module):
   dtype: Any = jnp.float32
 
   def __post_init__(self):
-    if self.parameterization != FOLDED:
-      check_parameterization(self.parameterization)
+    check_parameterization(self.parameterization, folded=True)
     check_init_order(self.init_order)
     super().__post_init__()
 

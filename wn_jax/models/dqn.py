@@ -35,7 +35,6 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from wn_jax.layers.parameterization import (
-  FOLDED,
   NormalizedConv,
   NormalizedDense,
   check_parameterization,
@@ -77,8 +76,7 @@ class QNetwork(nn.Module):
   conv_weight_grad: str = "xla"
 
   def __post_init__(self):
-    if self.parameterization != FOLDED:  # FOLDED: written by `wn_jax.fold`
-      check_parameterization(self.parameterization)
+    check_parameterization(self.parameterization, folded=True)
     if self.torso not in TORSOS:
       raise ValueError(f"torso must be one of {tuple(TORSOS)}, got {self.torso!r}.")
     super().__post_init__()

@@ -39,7 +39,6 @@ from flax import linen as nn
 
 from wn_jax.layers.data_init import check_init_order
 from wn_jax.layers.parameterization import (
-  FOLDED,
   NormalizedConv,
   NormalizedDense,
   check_parameterization,
@@ -188,8 +187,7 @@ class VAE(nn.Module):
   dtype: Any = jnp.float32
 
   def __post_init__(self):
-    if self.parameterization != FOLDED:  # FOLDED: written by `wn_jax.fold`
-      check_parameterization(self.parameterization)
+    check_parameterization(self.parameterization, folded=True)
     check_init_order(self.init_order)
     if self.posterior not in POSTERIORS:
       raise ValueError(f"posterior must be one of {POSTERIORS}, got {self.posterior!r}.")
